@@ -1,0 +1,426 @@
+"""Recipe schema: YAML -> frozen dataclasses, profiles as overrides, `--set` overrides, stage registry.
+
+Stages are registered by type name (`train`, `distill`, `evaluate`, `export`); later stage types
+(`prune`, `quantize`) add a config dataclass with `register_stage` and need no change here.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from common.errors import RecipeError, UsageError
+from common.schema import bounds, convert, parse
+
+MODEL_ARCHS = ("resnet18", "resnet34", "resnet50", "mobilenet_v2", "mobilenet_v3_small",
+               "mobilenet_v3_large", "tiny_cnn", "tiny_cnn_small")
+BACKENDS = ("torch", "paddle")
+PROFILES_BUILTIN = ("smoke", "default", "paper")
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    crop_padding: int = field(default=0, metadata=bounds(ge=0))
+    hflip: bool = False
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: Literal["digits", "synthetic", "cifar10", "cifar100", "imagefolder"] = "digits"
+    path: str | None = None
+    image_size: int = field(default=32, metadata=bounds(ge=8))
+    val_fraction: float = field(default=0.2, metadata=bounds(gt=0, lt=1))
+    split_seed: int = 0
+    train_limit: int | None = field(default=None, metadata=bounds(gt=0))
+    val_limit: int | None = field(default=None, metadata=bounds(gt=0))
+    batch_size: int = field(default=64, metadata=bounds(gt=0))
+    eval_batch_size: int = field(default=256, metadata=bounds(gt=0))
+    augment: AugmentConfig = AugmentConfig()
+    synthetic_samples: int = field(default=512, metadata=bounds(gt=1))
+    synthetic_classes: int = field(default=10, metadata=bounds(gt=1))
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    arch: str = field(metadata={"choices": MODEL_ARCHS})
+    num_classes: int | None = field(default=None, metadata=bounds(gt=1))
+    small_input: bool = False
+    dropout: float | None = field(default=None, metadata=bounds(ge=0, lt=1))
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    name: Literal["sgd", "adamw"] = "sgd"
+    lr: float = field(default=0.1, metadata=bounds(gt=0))
+    momentum: float = field(default=0.9, metadata=bounds(ge=0, lt=1))
+    nesterov: bool = False
+    weight_decay: float = field(default=5e-4, metadata=bounds(ge=0))
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    name: Literal["cosine", "step", "constant"] = "cosine"
+    warmup_epochs: float = field(default=0.0, metadata=bounds(ge=0))
+    milestones: tuple[int, ...] = ()
+    gamma: float = field(default=0.1, metadata=bounds(gt=0, le=1))
+    min_lr: float = field(default=0.0, metadata=bounds(ge=0))
+
+
+@dataclass(frozen=True)
+class TrainStage:
+    name: str
+    model: str
+    output: str | None = None
+    epochs: int = field(default=1, metadata=bounds(gt=0))
+    optimizer: OptimizerConfig = OptimizerConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    # Recompute BN running statistics over this many training batches after the last epoch ("precise BN").
+    bn_recalibration_batches: int = field(default=0, metadata=bounds(ge=0))
+
+    def outputs(self) -> tuple[str, ...]:
+        return (self.output or self.model,)
+
+    def inputs(self) -> tuple[str, ...]:
+        return (self.model,)
+
+
+@dataclass(frozen=True)
+class DistillStage:
+    name: str
+    teacher: str
+    student: str
+    output: str | None = None
+    method: Literal["hinton"] = "hinton"
+    temperature: float = field(default=4.0, metadata=bounds(gt=0))
+    alpha: float = field(default=0.9, metadata=bounds(ge=0, le=1))
+    epochs: int = field(default=1, metadata=bounds(gt=0))
+    optimizer: OptimizerConfig = OptimizerConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    # Recompute BN running statistics over this many training batches after the last epoch ("precise BN").
+    bn_recalibration_batches: int = field(default=0, metadata=bounds(ge=0))
+
+    def outputs(self) -> tuple[str, ...]:
+        return (self.output or self.student,)
+
+    def inputs(self) -> tuple[str, ...]:
+        return (self.teacher, self.student)
+
+
+@dataclass(frozen=True)
+class EvaluateStage:
+    name: str
+    models: tuple[str, ...] = field(metadata={"nonempty": True})
+
+    def outputs(self) -> tuple[str, ...]:
+        return ()
+
+    def inputs(self) -> tuple[str, ...]:
+        return self.models
+
+
+@dataclass(frozen=True)
+class MeasureConfig:
+    batch_sizes: tuple[int, ...] = field(default=(1, 32), metadata={"nonempty": True})
+    warmup: int = field(default=10, metadata=bounds(ge=0))
+    repeats: int = field(default=30, metadata=bounds(gt=0))
+
+
+@dataclass(frozen=True)
+class ExportStage:
+    name: str
+    models: tuple[str, ...] = field(metadata={"nonempty": True})
+    measure: MeasureConfig = MeasureConfig()
+
+    def outputs(self) -> tuple[str, ...]:
+        return ()
+
+    def inputs(self) -> tuple[str, ...]:
+        return self.models
+
+
+STAGE_TYPES: dict[str, type] = {}
+
+
+def register_stage(type_name: str, config_cls: type) -> None:
+    """Make a stage type available to recipes. Its config needs `name`, `inputs()` and `outputs()`."""
+    STAGE_TYPES[type_name] = config_cls
+
+
+for _t, _c in (("train", TrainStage), ("distill", DistillStage), ("evaluate", EvaluateStage),
+               ("export", ExportStage)):
+    register_stage(_t, _c)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One pipeline step: its type name and its validated config."""
+    type: str
+    config: Any
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    threads: int | None = field(default=None, metadata=bounds(gt=0))
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+@dataclass(frozen=True)
+class ParityConfig:
+    rtol: float = field(default=1e-4, metadata=bounds(gt=0))
+    probe_batch: int = field(default=8, metadata=bounds(gt=0))
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    description: str
+    data: DataConfig
+    models: dict[str, ModelConfig]
+    stages: tuple[Stage, ...]
+    seeds: tuple[int, ...] = (0, 1, 2)
+    reference_framework: Literal["torch", "paddle"] = "torch"
+    runtime: RuntimeConfig = RuntimeConfig()
+    parity: ParityConfig = ParityConfig()
+    profile: str = "default"
+    source: str = ""
+    raw: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def stage(self, name: str) -> Stage:
+        return next(s for s in self.stages if s.name == name)
+
+    def digest(self) -> str:
+        """Hash of the resolved recipe, recorded in results so reports can tell runs of different recipes apart."""
+        return hashlib.sha256(json.dumps(self.raw, sort_keys=True).encode()).hexdigest()[:16]
+
+
+_TOP_KEYS = ("name", "description", "data", "models", "stages", "seeds", "reference_framework", "runtime",
+             "parity", "profiles")
+
+
+def recipes_dir() -> Path:
+    """Built-in recipes live in `recipes/` at the project root (override with SLIMBENCH_RECIPES)."""
+    env = os.environ.get("SLIMBENCH_RECIPES")
+    return Path(env) if env else Path(__file__).resolve().parent.parent / "recipes"
+
+
+def builtin_recipes() -> dict[str, Path]:
+    return {p.stem: p for p in sorted(recipes_dir().glob("*.yaml"))}
+
+
+def find_recipe(name_or_path: str) -> Path:
+    """A built-in recipe name or a path to a YAML file."""
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        if not p.is_file():
+            raise UsageError(f"recipe file not found: {p}")
+        return p
+    known = builtin_recipes()
+    if name_or_path not in known:
+        raise UsageError(f"unknown recipe '{name_or_path}': built-in recipes are {', '.join(known) or '(none)'}; "
+                         "or pass a path to a .yaml file")
+    return known[name_or_path]
+
+
+def load_recipe(name_or_path: str, profile: str = "default", overrides: list[str] | None = None,
+                seeds: tuple[int, ...] | None = None) -> Recipe:
+    """Read, apply the profile and `--set` overrides, validate. Every problem is a RecipeError."""
+    path = find_recipe(name_or_path)
+    source = path.name
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark else "?"
+        raise RecipeError(source, where, "valid YAML", str(getattr(e, "problem", e))) from None
+    return resolve(data, source, profile, overrides or [], seeds)
+
+
+def resolve(data: Any, source: str, profile: str = "default", overrides: list[str] | tuple[str, ...] = (),
+            seeds: tuple[int, ...] | None = None) -> Recipe:
+    """Apply a profile and overrides to raw recipe data and validate the result."""
+    if not isinstance(data, dict):
+        raise RecipeError(source, "", "a mapping at the top level", data)
+    for key in data:
+        if key not in _TOP_KEYS:
+            raise RecipeError(source, str(key), f"one of the keys [{', '.join(_TOP_KEYS)}] (unknown key)",
+                              has_got=False)
+    data = copy.deepcopy(data)
+    profiles = data.pop("profiles", {}) or {}
+    if not isinstance(profiles, dict):
+        raise RecipeError(source, "profiles", "a mapping of profile name to overrides", profiles)
+    available = sorted(set(profiles) | {"default"})
+    if profile not in available:
+        raise RecipeError(source, "profiles", f"a profile among {', '.join(available)}", profile)
+    if profile != "default":
+        data = merge_profile(data, profiles[profile], source, f"profiles.{profile}")
+    for item in overrides:
+        data = apply_set(data, item, source)
+    if seeds is not None:
+        data["seeds"] = list(seeds)
+    return validate(data, source, profile)
+
+
+def merge_profile(base: dict, override: Any, source: str, path: str) -> dict:
+    """Deep-merge a profile into the recipe. `stages` in a profile is a mapping stage-name -> partial config."""
+    if not isinstance(override, dict):
+        raise RecipeError(source, path, "a mapping of overrides", override)
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if key == "stages":
+            if not isinstance(value, dict):
+                raise RecipeError(source, f"{path}.stages", "a mapping of stage name to overrides", value)
+            for stage_name, patch in value.items():
+                cfg = _stage_body(out, str(stage_name), source, f"{path}.stages.{stage_name}")
+                cfg.update(_deep_merge(cfg, patch, source, f"{path}.stages.{stage_name}"))
+        elif key not in _TOP_KEYS or key == "profiles":
+            raise RecipeError(source, f"{path}.{key}", "a top-level recipe key to override (unknown key)",
+                              has_got=False)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value, source, f"{path}.{key}")
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def apply_set(data: dict, item: str, source: str) -> dict:
+    """`--set a.b.c=value`; value parsed as YAML. `stages.X` picks a stage by name, or by type if unique."""
+    if "=" not in item:
+        raise UsageError(f"--set {item!r}: expected KEY.PATH=VALUE, e.g. stages.distill.temperature=2")
+    key, raw_value = item.split("=", 1)
+    try:
+        value = yaml.safe_load(raw_value)
+    except yaml.YAMLError:
+        value = raw_value
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise UsageError(f"--set {item!r}: empty key path")
+    out = copy.deepcopy(data)
+    where = f"{source} (--set {key})"
+    if parts[0] == "stages":
+        if len(parts) < 3:
+            raise UsageError(f"--set {item!r}: address a stage field, e.g. stages.<stage name or type>.<key>=value")
+        node = _stage_body(out, parts[1], where, f"stages.{parts[1]}")
+        parts = parts[2:]
+    else:
+        node = out
+    for p in parts[:-1]:
+        nxt = node.get(p)
+        if nxt is None:
+            nxt = node[p] = {}
+        if not isinstance(nxt, dict):
+            raise UsageError(f"--set {item!r}: '{p}' is not a mapping in the recipe")
+        node = nxt
+    node[parts[-1]] = value
+    return out
+
+
+def _stage_body(data: dict, ref: str, source: str, path: str) -> dict:
+    """Find a stage's config mapping by stage name, or by stage type when only one stage has it."""
+    stages = data.get("stages")
+    if not isinstance(stages, list):
+        raise RecipeError(source, "stages", "a list of stages", stages)
+    bodies = []
+    for item in stages:
+        if isinstance(item, dict) and len(item) == 1:
+            (stype, body), = item.items()
+            if isinstance(body, dict):
+                bodies.append((stype, body))
+    by_name = [b for t, b in bodies if b.get("name") == ref]
+    if by_name:
+        return by_name[0]
+    by_type = [b for t, b in bodies if t == ref]
+    if len(by_type) == 1:
+        return by_type[0]
+    names = ", ".join(str(b.get("name")) for _, b in bodies)
+    if len(by_type) > 1:
+        raise RecipeError(source, path, f"a stage name (several '{ref}' stages: {names})", ref)
+    raise RecipeError(source, path, f"a stage name or type among: {names}", ref)
+
+
+def _deep_merge(base: dict, patch: Any, source: str, path: str) -> dict:
+    if not isinstance(patch, dict):
+        raise RecipeError(source, path, "a mapping of overrides", patch)
+    out = copy.deepcopy(base)
+    for k, v in patch.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v, source, f"{path}.{k}")
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def validate(data: dict, source: str, profile: str) -> Recipe:
+    """Validate merged recipe data (profile and overrides already applied)."""
+    for key in ("name", "description", "data", "models", "stages"):
+        if key not in data:
+            raise RecipeError(source, key, "a value; the key is required", has_got=False)
+    name = convert(str, data["name"], source, "name")
+    description = convert(str, data["description"], source, "description")
+    dcfg = parse(DataConfig, data["data"], source, "data")
+    if dcfg.dataset in ("cifar10", "cifar100", "imagefolder") and not dcfg.path:
+        raise RecipeError(source, "data.path", f"a directory path for dataset '{dcfg.dataset}'", None)
+    models = convert(dict[str, ModelConfig], data["models"], source, "models")
+    if not models:
+        raise RecipeError(source, "models", "at least one model", data["models"])
+    raw_stages = data["stages"]
+    if not isinstance(raw_stages, list) or not raw_stages:
+        raise RecipeError(source, "stages", "a non-empty list of stages", raw_stages)
+    stages: list[Stage] = []
+    slots = set(models)
+    for i, item in enumerate(raw_stages):
+        spath = f"stages[{i}]"
+        if not isinstance(item, dict) or len(item) != 1:
+            raise RecipeError(source, spath, f"a mapping with one stage type key among {sorted(STAGE_TYPES)}", item)
+        (stype, body), = item.items()
+        if stype not in STAGE_TYPES:
+            raise RecipeError(source, f"{spath}.{stype}", f"a stage type among {', '.join(sorted(STAGE_TYPES))}",
+                              has_got=False)
+        cfg = parse(STAGE_TYPES[stype], body, source, f"{spath}.{stype}")
+        if any(s.name == cfg.name for s in stages):
+            raise RecipeError(source, f"{spath}.{stype}.name", "a stage name not used by an earlier stage", cfg.name)
+        for fname in ("model", "teacher", "student", "models"):
+            refs = getattr(cfg, fname, None)
+            for j, ref in enumerate((refs,) if isinstance(refs, str) else (refs or ())):
+                if ref not in slots:
+                    key = f"{spath}.{stype}.{fname}" + (f"[{j}]" if fname == "models" else "")
+                    raise RecipeError(source, key, f"a model defined in `models` or produced by an earlier stage "
+                                      f"({', '.join(sorted(slots))})", ref)
+        slots.update(cfg.outputs())
+        stages.append(Stage(stype, cfg))
+    seeds = convert(tuple[int, ...], data.get("seeds", [0, 1, 2]), source, "seeds", {"nonempty": True})
+    if len(set(seeds)) != len(seeds):
+        raise RecipeError(source, "seeds", "distinct seeds", list(seeds))
+    ref = convert(Literal["torch", "paddle"], data.get("reference_framework", "torch"), source,
+                  "reference_framework")
+    runtime = parse(RuntimeConfig, data.get("runtime", {}) or {}, source, "runtime")
+    parity = parse(ParityConfig, data.get("parity", {}) or {}, source, "parity")
+    raw = copy.deepcopy(data)
+    return Recipe(name=name, description=description, data=dcfg, models=models, stages=tuple(stages), seeds=seeds,
+                  reference_framework=ref, runtime=runtime, parity=parity, profile=profile, source=source, raw=raw)
+
+
+def recipe_to_dict(recipe: Recipe) -> dict:
+    """The resolved recipe as plain data (what `slimbench show` prints and what runs record)."""
+    def plain(obj: Any) -> Any:
+        if isinstance(obj, Stage):
+            return {obj.type: plain(obj.config)}
+        if dataclasses.is_dataclass(obj):
+            return {f.name: plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        if isinstance(obj, (list, tuple)):
+            return [plain(v) for v in obj]
+        if isinstance(obj, dict):
+            return {k: plain(v) for k, v in obj.items()}
+        return obj
+    d = {f.name: plain(getattr(recipe, f.name)) for f in dataclasses.fields(recipe) if f.name not in ("raw",)}
+    return d
