@@ -1,0 +1,286 @@
+"""Framework-neutral data: datasets as numpy, a seeded split, and the batch stream both backends consume.
+
+Fairness rule 1 (DESIGN.md 3): the order, augmentation and split come from seeded numpy generators
+only, so the torch and Paddle runs of one seed see bit-identical batches. `stream_digest` is recorded
+in every result so a report can prove it.
+"""
+from __future__ import annotations
+
+import hashlib
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Protocol
+
+import numpy as np
+
+from common.errors import DataError
+from common.recipe import DataConfig
+
+
+class ImageSource(Protocol):
+    """Indexable images: `take(idx)` returns float32 NCHW in [0, 1] at the configured size."""
+    labels: np.ndarray
+
+    def __len__(self) -> int: ...
+
+    def take(self, idx: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass
+class ArraySource:
+    """Images held in memory (uint8 0..255 or float32 0..1), NCHW."""
+    images: np.ndarray
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def take(self, idx: np.ndarray) -> np.ndarray:
+        x = self.images[idx]
+        return x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32, copy=False)
+
+    def subset(self, idx: np.ndarray) -> "ArraySource":
+        return ArraySource(self.images[idx], self.labels[idx])
+
+
+@dataclass
+class FileSource:
+    """Images loaded from disk on demand (ImageFolder): resize shorter side, center crop."""
+    files: list[Path]
+    labels: np.ndarray
+    size: int
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def take(self, idx: np.ndarray) -> np.ndarray:
+        from PIL import Image  # Pillow is only needed for image trees on disk
+        out = np.empty((len(idx), 3, self.size, self.size), np.float32)
+        for k, i in enumerate(idx):
+            path = self.files[int(i)]
+            try:
+                with Image.open(path) as im:
+                    im = im.convert("RGB")
+                    scale = self.size * 1.14 / min(im.size)
+                    im = im.resize((max(self.size, round(im.width * scale)), max(self.size, round(im.height * scale))),
+                                   Image.BILINEAR)
+                    left, top = (im.width - self.size) // 2, (im.height - self.size) // 2
+                    im = im.crop((left, top, left + self.size, top + self.size))
+                    out[k] = np.asarray(im, np.float32).transpose(2, 0, 1) / 255.0
+            except OSError as e:
+                raise DataError(f"cannot read image {path}: {e}") from e
+        return out
+
+    def subset(self, idx: np.ndarray) -> "FileSource":
+        return FileSource([self.files[int(i)] for i in idx], self.labels[idx], self.size)
+
+
+@dataclass
+class Dataset:
+    name: str
+    train: ArraySource | FileSource
+    val: ArraySource | FileSource
+    num_classes: int
+    mean: np.ndarray  # per channel, from the training split
+    std: np.ndarray
+
+
+def load_dataset(cfg: DataConfig) -> Dataset:
+    """Build the train/val split described by the recipe's data section."""
+    loaders = {"digits": _digits, "synthetic": _synthetic, "cifar10": _cifar, "cifar100": _cifar,
+               "imagefolder": _imagefolder}
+    train, val, num_classes = loaders[cfg.dataset](cfg)
+    if cfg.train_limit:
+        train = train.subset(np.arange(min(cfg.train_limit, len(train))))
+    if cfg.val_limit:
+        val = val.subset(np.arange(min(cfg.val_limit, len(val))))
+    if len(train) < cfg.batch_size:
+        raise DataError(f"dataset '{cfg.dataset}': the training split has {len(train)} images, fewer than "
+                        f"data.batch_size={cfg.batch_size}")
+    mean, std = _channel_stats(train)
+    return Dataset(cfg.dataset, train, val, num_classes, mean, std)
+
+
+def _resize_nearest(x: np.ndarray, size: int) -> np.ndarray:
+    """Nearest-neighbour resize of NCHW arrays: exact pixel replication for integer factors."""
+    h, w = x.shape[-2:]
+    if (h, w) == (size, size):
+        return x
+    rows = (np.arange(size) * h // size).astype(np.intp)
+    cols = (np.arange(size) * w // size).astype(np.intp)
+    return x[..., rows[:, None], cols[None, :]]
+
+
+def _split(n: int, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded train/val split: fixed by `data.split_seed`, not by the run seed, so every seed scores the same images."""
+    order = np.random.default_rng(cfg.split_seed).permutation(n)
+    n_val = max(1, int(round(n * cfg.val_fraction)))
+    return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
+def _digits(cfg: DataConfig) -> tuple[ArraySource, ArraySource, int]:
+    from sklearn.datasets import load_digits  # bundled with scikit-learn: 1797 real 8x8 digits, no download
+    d = load_digits()
+    x = (d.images.astype(np.float32) / 16.0)[:, None]
+    x = np.repeat(_resize_nearest(x, cfg.image_size), 3, axis=1)
+    images = np.ascontiguousarray((x * 255.0).round().astype(np.uint8))
+    labels = d.target.astype(np.int64)
+    tr, va = _split(len(labels), cfg)
+    return ArraySource(images[tr], labels[tr]), ArraySource(images[va], labels[va]), 10
+
+
+def _synthetic(cfg: DataConfig) -> tuple[ArraySource, ArraySource, int]:
+    """Class templates plus noise: learnable in a few steps, any size, generated from the split seed."""
+    rng = np.random.default_rng(cfg.split_seed)
+    k, n, s = cfg.synthetic_classes, cfg.synthetic_samples, cfg.image_size
+    templates = rng.uniform(0, 1, size=(k, 3, s, s)).astype(np.float32)
+    labels = rng.integers(0, k, size=n).astype(np.int64)
+    x = templates[labels] * 0.6 + rng.uniform(0, 0.4, size=(n, 3, s, s)).astype(np.float32)
+    images = (x * 255).round().astype(np.uint8)
+    tr, va = _split(n, cfg)
+    return ArraySource(images[tr], labels[tr]), ArraySource(images[va], labels[va]), k
+
+
+_CIFAR_LAYOUT = {
+    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], b"labels", 10),
+    "cifar100": ("cifar-100-python", ["train"], ["test"], b"fine_labels", 100),
+}
+
+
+def _cifar(cfg: DataConfig) -> tuple[ArraySource, ArraySource, int]:
+    """CIFAR-10/100 from the standard python-pickle files; the official test split is the validation split."""
+    folder, train_files, test_files, label_key, k = _CIFAR_LAYOUT[cfg.dataset]
+    root = Path(cfg.path or "")
+    if (root / folder).is_dir():
+        root = root / folder
+    expected = (f"{cfg.dataset} expects the python-pickle files {', '.join(train_files + test_files)} "
+                f"in {cfg.path} or in {Path(cfg.path or '') / folder}")
+    missing = [f for f in train_files + test_files if not (root / f).is_file()]
+    if missing:
+        raise DataError(f"dataset not found: {root}: missing {', '.join(missing)}. {expected}")
+
+    def read(files: list[str]) -> ArraySource:
+        xs, ys = [], []
+        for f in files:
+            try:
+                with open(root / f, "rb") as fh:
+                    d = pickle.load(fh, encoding="bytes")
+                xs.append(np.asarray(d[b"data"], np.uint8).reshape(-1, 3, 32, 32))
+                ys.append(np.asarray(d[label_key], np.int64))
+            except (OSError, pickle.UnpicklingError, KeyError, ValueError, EOFError) as e:
+                raise DataError(f"corrupt dataset file {root / f}: {e!r}. {expected}") from e
+        return ArraySource(_resize_nearest(np.concatenate(xs), cfg.image_size), np.concatenate(ys))
+
+    return read(train_files), read(test_files), k
+
+
+_IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm"}
+
+
+def _imagefolder(cfg: DataConfig) -> tuple[FileSource, FileSource, int]:
+    """ImageNet layout: PATH/train/<class>/<image> and PATH/val/<class>/<image>."""
+    root = Path(cfg.path or "")
+    layout = f"expected {root}/train/<class>/<image> and {root}/val/<class>/<image> (ImageNet layout)"
+    if not (root / "train").is_dir() or not (root / "val").is_dir():
+        raise DataError(f"dataset not found: {root}: {layout}")
+    classes = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
+    if not classes:
+        raise DataError(f"no class folders in {root / 'train'}: {layout}")
+    index = {c: i for i, c in enumerate(classes)}
+
+    def scan(split: str) -> FileSource:
+        files, labels = [], []
+        for c in sorted(p.name for p in (root / split).iterdir() if p.is_dir()):
+            if c not in index:
+                raise DataError(f"{root / split / c}: class not present in {root / 'train'}")
+            for f in sorted((root / split / c).iterdir()):
+                if f.suffix.lower() in _IMAGE_SUFFIXES:
+                    files.append(f)
+                    labels.append(index[c])
+        if not files:
+            raise DataError(f"no images under {root / split}: {layout}")
+        return FileSource(files, np.asarray(labels, np.int64), cfg.image_size)
+
+    return scan("train"), scan("val"), len(classes)
+
+
+def _channel_stats(train: ArraySource | FileSource) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean/std from (up to 2048 images of) the training split; deterministic."""
+    idx = np.arange(min(len(train), 2048))
+    x = train.take(idx)
+    mean = x.mean(axis=(0, 2, 3)).astype(np.float32)
+    std = np.maximum(x.std(axis=(0, 2, 3)), 1e-3).astype(np.float32)
+    return mean, std
+
+
+class BatchStream:
+    """The one batch stream. Train batches depend only on (run seed, epoch); validation order is fixed."""
+
+    def __init__(self, data: Dataset, cfg: DataConfig, seed: int):
+        self.data, self.cfg, self.seed = data, cfg, seed
+        self._mean = data.mean.reshape(1, -1, 1, 1)
+        self._std = data.std.reshape(1, -1, 1, 1)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Full batches only: a trailing batch of 1 would break batch norm in training mode."""
+        return len(self.data.train) // self.cfg.batch_size
+
+    @property
+    def val_size(self) -> int:
+        return len(self.data.val)
+
+    def normalize(self, x: np.ndarray) -> np.ndarray:
+        return ((x - self._mean) / self._std).astype(np.float32, copy=False)
+
+    def train_epoch(self, epoch: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        rng = np.random.default_rng([self.seed, epoch, 0x5EED])
+        order = rng.permutation(len(self.data.train))
+        bs = self.cfg.batch_size
+        for step in range(self.steps_per_epoch):
+            idx = order[step * bs:(step + 1) * bs]
+            x = self._augment(self.data.train.take(idx), rng)
+            yield self.normalize(x), self.data.train.labels[idx]
+
+    def val_batches(self, batch_size: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        bs = batch_size or self.cfg.eval_batch_size
+        n = len(self.data.val)
+        for start in range(0, n, bs):
+            idx = np.arange(start, min(start + bs, n))
+            yield self.normalize(self.data.val.take(idx)), self.data.val.labels[idx]
+
+    def val_images(self, count: int) -> np.ndarray:
+        """The first `count` validation images, normalized (cycled if the split is smaller): probe/latency inputs."""
+        idx = np.arange(count) % len(self.data.val)
+        return self.normalize(self.data.val.take(idx))
+
+    def _augment(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        aug = self.cfg.augment
+        if aug.crop_padding:
+            p = aug.crop_padding
+            n, _, h, w = x.shape
+            padded = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)))
+            dy = rng.integers(0, 2 * p + 1, size=n)
+            dx = rng.integers(0, 2 * p + 1, size=n)
+            x = np.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
+        if aug.hflip:
+            flip = rng.random(len(x)) < 0.5
+            x = x.copy()
+            x[flip] = x[flip, :, :, ::-1]
+        return x
+
+    def digest(self, batches: int = 2) -> dict[str, str]:
+        """Hashes of the split (labels + val images) and of the first training batches of epoch 0."""
+        h_split = hashlib.sha256()
+        h_split.update(self.data.train.labels.tobytes())
+        h_split.update(self.data.val.labels.tobytes())
+        h_split.update(self.data.val.take(np.arange(min(len(self.data.val), 64))).tobytes())
+        h_batches = hashlib.sha256()
+        for i, (x, y) in enumerate(self.train_epoch(0)):
+            if i >= batches:
+                break
+            h_batches.update(x.tobytes())
+            h_batches.update(y.tobytes())
+        return {"split": h_split.hexdigest()[:16], "first_batches": h_batches.hexdigest()[:16],
+                "train_size": str(len(self.data.train)), "val_size": str(len(self.data.val))}
