@@ -1,0 +1,91 @@
+"""The Backend protocol every adapter implements, and the loader that imports one by name.
+
+The stage loops (epochs, steps, learning rates, data, metrics) live in common/stages.py; a backend
+supplies the framework-specific pieces: models, one optimizer step, inference, export and measurement.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Protocol
+
+import numpy as np
+
+from common.errors import BackendUnavailable, UnsupportedStage
+from common.recipe import ModelConfig, OptimizerConfig
+
+__all__ = ["Backend", "StepRunner", "ExportedArtifact", "load_backend", "UnsupportedStage"]
+
+
+class StepRunner(Protocol):
+    """One optimizer step on a numpy batch at a learning rate computed by common/schedule."""
+
+    def step(self, x: np.ndarray, y: np.ndarray, lr: float) -> float: ...
+
+
+@dataclass
+class ExportedArtifact:
+    """The deployable files of one model; `files` are what a user ships, `size_bytes` their total on disk."""
+    format: str
+    files: list[Path]
+    entry: Path
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(f.stat().st_size for f in self.files)
+
+
+class Backend(Protocol):
+    name: str
+
+    def versions(self) -> dict[str, str]: ...
+
+    def configure(self, threads: int, device: str, seed: int) -> dict[str, Any]:
+        """Fix threads, pick the device, seed the framework RNG; return what was chosen (recorded)."""
+
+    def build_model(self, cfg: ModelConfig, num_classes: int) -> Any: ...
+
+    def state_to_numpy(self, model: Any) -> dict[str, np.ndarray]:
+        """The model's state under canonical names (torchvision naming and layouts)."""
+
+    def load_numpy_state(self, model: Any, state: dict[str, np.ndarray]) -> None:
+        """Load a canonical numpy state; raise if any tensor is missing, extra or mis-shaped."""
+
+    def predict(self, model: Any, x: np.ndarray) -> np.ndarray:
+        """Logits in eval mode, as float32 numpy."""
+
+    def trainer(self, model: Any, opt: OptimizerConfig) -> StepRunner: ...
+
+    def distiller(self, student: Any, teacher: Any, opt: OptimizerConfig, temperature: float,
+                  alpha: float) -> StepRunner: ...
+
+    def kd_loss(self, student_logits: np.ndarray, teacher_logits: np.ndarray, labels: np.ndarray,
+                temperature: float, alpha: float) -> float:
+        """The backend's distillation loss on given logits (for the cross-framework loss parity test)."""
+
+    def recalibrate_bn(self, model: Any, batches: Iterable[np.ndarray]) -> None:
+        """Reset BN running stats and set them to the cumulative average over `batches` (train mode, no grad)."""
+
+    def save_checkpoint(self, model: Any, path: Path) -> None: ...
+
+    def export(self, model: Any, example: np.ndarray, out_dir: Path) -> ExportedArtifact: ...
+
+    def load_artifact(self, artifact: ExportedArtifact, threads: int) -> Any:
+        """A predictor for the artifact on the deployment runtime: callable numpy -> numpy logits."""
+
+    def artifact_stats(self, artifact: ExportedArtifact, input_shape: tuple[int, ...]) -> dict[str, Any]:
+        """Params and MACs/FLOPs counted from the exported artifact itself."""
+
+    def runtime_name(self) -> str: ...
+
+
+def load_backend(name: str) -> Backend:
+    """Import `backends.<name>` (and its framework). Import failures are reported, never swallowed."""
+    try:
+        module = importlib.import_module(f"backends.{name}")
+    except ImportError as e:
+        raise BackendUnavailable(f"backend '{name}' cannot be imported: {e}. Install it with "
+                                 f"`pip install -e .[{name}]` (or `make run`, which installs both)") from e
+    return module.create()

@@ -1,0 +1,102 @@
+"""PaddlePaddle backend: paddle.vision models, paddle optimizers, jit.save artifacts, Paddle Inference.
+
+`import zlib` must run before `import paddle`: paddle's bundled zlib otherwise clashes with Python's
+zlib module and the first decompression (e.g. inside `import paddleslim`) segfaults.
+"""
+from __future__ import annotations
+
+import zlib  # noqa: F401  (must precede `import paddle`, see above)
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import paddle
+
+from backends.base import ExportedArtifact
+from backends.paddle import distill, export, measure, models, train, weights
+from common.errors import SlimbenchError
+from common.recipe import ModelConfig, OptimizerConfig
+
+
+def _paddleslim_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("paddleslim")
+    except PackageNotFoundError:
+        return "not installed"
+
+
+class PaddleBackend:
+    name = "paddle"
+
+    def __init__(self) -> None:
+        self.threads = 1
+
+    def versions(self) -> dict[str, str]:
+        return {"paddlepaddle": paddle.__version__, "paddleslim": _paddleslim_version(),
+                "python": platform.python_version()}
+
+    def configure(self, threads: int, device: str, seed: int) -> dict[str, Any]:
+        self.threads = threads
+        if device == "cuda" and not paddle.is_compiled_with_cuda():
+            raise SlimbenchError("runtime.device is 'cuda' but this paddlepaddle build has no CUDA; "
+                                 "use 'auto' or 'cpu', or install paddlepaddle-gpu")
+        use_gpu = device == "cuda" or (device == "auto" and paddle.is_compiled_with_cuda()
+                                       and paddle.device.cuda.device_count() > 0)
+        paddle.set_device("gpu" if use_gpu else "cpu")
+        paddle.seed(seed)
+        return {"device": paddle.get_device(), "threads": threads,
+                "omp_num_threads": os.environ.get("OMP_NUM_THREADS", "unset")}
+
+    def build_model(self, cfg: ModelConfig, num_classes: int) -> paddle.nn.Layer:
+        return models.build_model(cfg, num_classes)
+
+    def state_to_numpy(self, model: paddle.nn.Layer) -> dict[str, np.ndarray]:
+        return weights.state_to_numpy(model)
+
+    def load_numpy_state(self, model: paddle.nn.Layer, state: dict[str, np.ndarray]) -> None:
+        weights.load_numpy_state(model, state)
+
+    def predict(self, model: paddle.nn.Layer, x: np.ndarray) -> np.ndarray:
+        model.eval()
+        with paddle.no_grad():
+            return model(paddle.to_tensor(x)).numpy().astype(np.float32)
+
+    def trainer(self, model: paddle.nn.Layer, opt: OptimizerConfig) -> train.Trainer:
+        return train.Trainer(model, opt)
+
+    def distiller(self, student: paddle.nn.Layer, teacher: paddle.nn.Layer, opt: OptimizerConfig,
+                  temperature: float, alpha: float) -> distill.Distiller:
+        return distill.Distiller(student, teacher, opt, temperature, alpha)
+
+    def kd_loss(self, s: np.ndarray, t: np.ndarray, y: np.ndarray, temperature: float, alpha: float) -> float:
+        return distill.kd_loss_value(s, t, y, temperature, alpha)
+
+    def recalibrate_bn(self, model: paddle.nn.Layer, batches) -> None:
+        train.recalibrate_bn(model, batches)
+
+    def save_checkpoint(self, model: paddle.nn.Layer, path: Path) -> None:
+        tmp = path.with_name(path.name + ".tmp")
+        paddle.save(model.state_dict(), str(tmp))
+        tmp.replace(path)
+
+    def checkpoint_suffix(self) -> str:
+        return ".pdparams"
+
+    def export(self, model: paddle.nn.Layer, example: np.ndarray, out_dir: Path) -> ExportedArtifact:
+        return export.export_model(model, example, out_dir)
+
+    def load_artifact(self, artifact: ExportedArtifact, threads: int):
+        return measure.load_predictor(artifact, threads)
+
+    def artifact_stats(self, artifact: ExportedArtifact, input_shape: tuple[int, ...]) -> dict[str, Any]:
+        return measure.artifact_stats(artifact, input_shape)
+
+    def runtime_name(self) -> str:
+        return measure.RUNTIME + " on CPU"
+
+
+def create() -> PaddleBackend:
+    return PaddleBackend()

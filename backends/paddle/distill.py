@@ -1,0 +1,41 @@
+"""Hinton distillation, hand-written (not PaddleSlim's Distill: DESIGN.md 5) to match the torch backend."""
+from __future__ import annotations
+
+import numpy as np
+import paddle
+from paddle import nn
+from paddle.nn import functional as F
+
+from backends.paddle.train import Trainer
+from common.recipe import OptimizerConfig
+
+
+def hinton_loss(student: paddle.Tensor, teacher: paddle.Tensor, labels: paddle.Tensor, temperature: float,
+                alpha: float) -> paddle.Tensor:
+    """alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) averaged over the batch + (1 - alpha) * CE."""
+    log_p_s = F.log_softmax(student / temperature, axis=1)
+    log_p_t = F.log_softmax(teacher / temperature, axis=1)
+    kl = (paddle.exp(log_p_t) * (log_p_t - log_p_s)).sum(axis=1).mean()
+    return alpha * temperature * temperature * kl + (1.0 - alpha) * F.cross_entropy(student, labels)
+
+
+class Distiller(Trainer):
+    """Student step against a frozen teacher kept in eval mode."""
+
+    def __init__(self, student: nn.Layer, teacher: nn.Layer, cfg: OptimizerConfig, temperature: float,
+                 alpha: float):
+        super().__init__(student, cfg)
+        self.teacher, self.temperature, self.alpha = teacher, temperature, alpha
+        for p in teacher.parameters():
+            p.stop_gradient = True
+
+    def loss(self, x: paddle.Tensor, y: paddle.Tensor) -> paddle.Tensor:
+        self.teacher.eval()
+        with paddle.no_grad():
+            t = self.teacher(x)
+        return hinton_loss(self.model(x), t, y, self.temperature, self.alpha)
+
+
+def kd_loss_value(s: np.ndarray, t: np.ndarray, y: np.ndarray, temperature: float, alpha: float) -> float:
+    with paddle.no_grad():
+        return float(hinton_loss(paddle.to_tensor(s), paddle.to_tensor(t), paddle.to_tensor(y), temperature, alpha))

@@ -1,0 +1,90 @@
+"""PyTorch backend: torchvision models, torch optimizers, torch.export artifacts, eager inference."""
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torchvision
+
+from backends.base import ExportedArtifact
+from backends.torch import distill, export, measure, models, train, weights
+from common.errors import SlimbenchError
+from common.recipe import ModelConfig, OptimizerConfig
+
+
+class TorchBackend:
+    name = "torch"
+
+    def __init__(self) -> None:
+        self.device = torch.device("cpu")
+
+    def versions(self) -> dict[str, str]:
+        return {"torch": torch.__version__, "torchvision": torchvision.__version__,
+                "cuda": str(torch.version.cuda), "python": platform.python_version()}
+
+    def configure(self, threads: int, device: str, seed: int) -> dict[str, Any]:
+        torch.set_num_threads(threads)
+        if device == "cuda" and not torch.cuda.is_available():
+            raise SlimbenchError("runtime.device is 'cuda' but torch sees no CUDA device; use 'auto' or 'cpu'")
+        use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+        self.device = torch.device("cuda" if use_cuda else "cpu")
+        torch.manual_seed(seed)
+        info: dict[str, Any] = {"device": str(self.device), "threads": torch.get_num_threads()}
+        if use_cuda:
+            info["gpu"] = torch.cuda.get_device_name(self.device)
+        return info
+
+    def build_model(self, cfg: ModelConfig, num_classes: int) -> torch.nn.Module:
+        return models.build_model(cfg, num_classes).to(self.device)
+
+    def state_to_numpy(self, model: torch.nn.Module) -> dict[str, np.ndarray]:
+        return weights.state_to_numpy(model)
+
+    def load_numpy_state(self, model: torch.nn.Module, state: dict[str, np.ndarray]) -> None:
+        weights.load_numpy_state(model, state)
+
+    def predict(self, model: torch.nn.Module, x: np.ndarray) -> np.ndarray:
+        model.eval()
+        with torch.inference_mode():
+            return model(torch.from_numpy(x).to(self.device)).float().cpu().numpy()
+
+    def trainer(self, model: torch.nn.Module, opt: OptimizerConfig) -> train.Trainer:
+        return train.Trainer(model, opt, self.device)
+
+    def distiller(self, student: torch.nn.Module, teacher: torch.nn.Module, opt: OptimizerConfig,
+                  temperature: float, alpha: float) -> distill.Distiller:
+        return distill.Distiller(student, teacher, opt, self.device, temperature, alpha)
+
+    def kd_loss(self, s: np.ndarray, t: np.ndarray, y: np.ndarray, temperature: float, alpha: float) -> float:
+        return distill.kd_loss_value(s, t, y, temperature, alpha)
+
+    def recalibrate_bn(self, model: torch.nn.Module, batches) -> None:
+        train.recalibrate_bn(model, batches, self.device)
+
+    def save_checkpoint(self, model: torch.nn.Module, path: Path) -> None:
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save(model.state_dict(), tmp)
+        tmp.replace(path)
+
+    def checkpoint_suffix(self) -> str:
+        return ".pt"
+
+    def export(self, model: torch.nn.Module, example: np.ndarray, out_dir: Path) -> ExportedArtifact:
+        return export.export_model(model, example, out_dir)
+
+    def load_artifact(self, artifact: ExportedArtifact, threads: int):
+        torch.set_num_threads(threads)
+        return measure.load_predictor(artifact, self.device)
+
+    def artifact_stats(self, artifact: ExportedArtifact, input_shape: tuple[int, ...]) -> dict[str, Any]:
+        return measure.artifact_stats(artifact, input_shape, self.device)
+
+    def runtime_name(self) -> str:
+        return measure.RUNTIME + (" on CUDA" if self.device.type == "cuda" else " on CPU")
+
+
+def create() -> TorchBackend:
+    return TorchBackend()

@@ -1,0 +1,38 @@
+"""Load and measure the exported artifact: params and MACs counted from the program, predictor for timing."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from backends.base import ExportedArtifact
+
+RUNTIME = "PyTorch eager (torch.export program .module(), inference_mode)"
+
+
+def load_predictor(artifact: ExportedArtifact, device: torch.device) -> Callable[[np.ndarray], np.ndarray]:
+    module = torch.export.load(str(artifact.entry)).module()
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            out = module(torch.from_numpy(x).to(device))
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            return out.float().cpu().numpy()
+
+    return predict
+
+
+def artifact_stats(artifact: ExportedArtifact, input_shape: tuple[int, ...], device: torch.device) -> dict[str, Any]:
+    program = torch.export.load(str(artifact.entry))
+    sig = program.graph_signature
+    params = sum(program.state_dict[name].numel() for name in sig.parameters)
+    module = program.module()
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), counter:
+        module(torch.zeros(input_shape, device=device))
+    flops = int(counter.get_total_flops())
+    return {"params": int(params), "macs": flops // 2, "flops": flops,
+            "counted_by": "torch.utils.flop_counter on the exported program (conv + matmul)"}
