@@ -1,0 +1,306 @@
+"""Comparison report built from result files only, so it can be regenerated later from the same runs.
+
+Writes report.md plus results.csv / results.json (one row per backend, seed, stage, model, metric).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from common.results import atomic_write_text, load_results, read_json
+
+BACKEND_TITLES = {"torch": "PyTorch", "paddle": "PaddlePaddle"}
+
+
+def _mean_std(values: list[float]) -> tuple[float, float, int]:
+    a = np.asarray(values, float)
+    return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0, len(a)
+
+
+def _fmt(values: list[float], scale: float = 1.0, digits: int = 2, unit: str = "") -> str:
+    if not values:
+        return "–"
+    m, s, n = _mean_std([v * scale for v in values])
+    return f"{m:.{digits}f}{unit}" + (f" ± {s:.{digits}f}" if n > 1 else "")
+
+
+def _count(n: float) -> str:
+    """Human count: 23.53 M, 5.5 k."""
+    for div, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if n >= div:
+            return f"{n / div:.2f} {unit}"
+    return f"{n:.0f}"
+
+
+def _table(header: list[str], rows: Iterable[list[str]]) -> str:
+    rows = list(rows)
+    if not rows:
+        return "_none_\n"
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(out) + "\n"
+
+
+def flat_rows(results: list[dict]) -> list[dict[str, Any]]:
+    """One row per (backend, seed, stage, model, metric): the CSV/JSON form of a run."""
+    rows = []
+
+    def add(r: dict, stage: str, model: str, metric: str, value: Any) -> None:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            rows.append({"backend": r["backend"], "seed": r["seed"], "stage": stage, "model": model,
+                         "metric": metric, "value": value})
+
+    for r in results:
+        for slot, p in (r.get("init_parity") or {}).items():
+            add(r, "init", slot, "parity_max_abs", p["max_abs"])
+            add(r, "init", slot, "parity_max_rel", p["max_rel"])
+        for st in r.get("stages", []):
+            if st.get("status") != "ok":
+                continue
+            if st["type"] in ("train", "distill"):
+                for k in ("train_time_s", "time_per_step_s", "epochs", "steps"):
+                    add(r, st["name"], st["model"], k, st.get(k))
+                for k, v in (st.get("final") or {}).items():
+                    add(r, st["name"], st["model"], f"final_{k}", v)
+            elif st["type"] == "evaluate":
+                for slot, m in st["models"].items():
+                    for k in ("top1", "top5", "loss"):
+                        add(r, st["name"], slot, k, m[k])
+            elif st["type"] == "export":
+                for slot, m in st["models"].items():
+                    for k in ("size_bytes", "params", "macs", "flops", "artifact_top1"):
+                        add(r, st["name"], slot, k, m[k])
+                    for bs, lat in m["latency"].items():
+                        for k in ("p50_ms", "p90_ms"):
+                            add(r, st["name"], slot, f"latency_b{bs}_{k}", lat[k])
+    return rows
+
+
+class _Index:
+    """Lookups over results: values per (stage type/name, model, backend) across seeds."""
+
+    def __init__(self, results: list[dict]):
+        self.results = results
+        self.backends = sorted({r["backend"] for r in results}, key=lambda b: (b != "torch", b))
+        self.ok = [r for r in results if r.get("status") == "ok"]
+
+    def stage_records(self, backend: str, stage_type: str) -> list[tuple[int, dict]]:
+        return [(r["seed"], st) for r in self.results if r["backend"] == backend
+                for st in r.get("stages", []) if st["type"] == stage_type and st.get("status") == "ok"]
+
+    def values(self, backend: str, stage_type: str, slot: str, key: str) -> list[float]:
+        out = []
+        for _, st in self.stage_records(backend, stage_type):
+            m = st.get("models", {}).get(slot)
+            if m is not None and key in m:
+                out.append(m[key])
+        return out
+
+
+def _kd_pairs(run_meta: dict) -> list[tuple[str, str, str]]:
+    """(distill stage, baseline slot, distilled slot): the baseline is the train stage on the same start."""
+    stages = [next(iter(s.items())) for s in run_meta.get("recipe", {}).get("stages", [])]
+    pairs = []
+    for stype, cfg in stages:
+        if stype != "distill":
+            continue
+        for t2, c2 in stages:
+            if t2 == "train" and c2.get("model") == cfg.get("student"):
+                pairs.append((cfg["name"], c2.get("output") or c2["model"], cfg.get("output") or cfg["student"]))
+    return pairs
+
+
+def build_markdown(run_dir: Path, results: list[dict], meta: dict) -> str:
+    ix = _Index(results)
+    names = [BACKEND_TITLES.get(b, b) for b in ix.backends]
+    seeds = sorted({r["seed"] for r in results})
+    md = io.StringIO()
+    w = md.write
+    w(f"# {meta.get('recipe_name', run_dir.parent.name)}: {' vs '.join(names)}\n\n")
+    desc = meta.get("recipe", {}).get("description")
+    if desc:
+        w(f"> {desc.strip()}\n\n")
+    w(f"Run `{run_dir.name}`, profile `{meta.get('profile')}`, seeds {', '.join(map(str, seeds))} "
+      f"(values are mean ± std over seeds where n > 1), {meta.get('threads')} CPU thread(s) per backend. "
+      f"Generated {time.strftime('%Y-%m-%d %H:%M')} from the result files in `{run_dir.name}/`.\n\n")
+    w(f"Command: `{meta.get('command', '?')}`\n\n")
+
+    failed = [r for r in results if r.get("status") != "ok"]
+    if failed:
+        w("## Failures\n\n")
+        for r in failed:
+            e = r.get("error") or {}
+            w(f"- **{r['backend']} seed {r['seed']}** failed in `{e.get('stage')}`: {e.get('type')}: "
+              f"{e.get('message')}\n")
+        w("\n")
+
+    eval_slots = []
+    for b in ix.backends:
+        for _, st in ix.stage_records(b, "evaluate"):
+            eval_slots += [s for s in st["models"] if s not in eval_slots]
+
+    pairs = _kd_pairs(meta)
+    if pairs:
+        w("## Knowledge-distillation gain\n\n")
+        rows = []
+        for stage, base, kd in pairs:
+            for b in ix.backends:
+                bv, kv = ix.values(b, "evaluate", base, "top1"), ix.values(b, "evaluate", kd, "top1")
+                n = min(len(bv), len(kv))
+                gain = [k - v for k, v in zip(kv[:n], bv[:n])]
+                rows.append([stage, BACKEND_TITLES.get(b, b), _fmt(bv, 100, unit="%"), _fmt(kv, 100, unit="%"),
+                             _fmt(gain, 100, unit=" pts") if gain else "–"])
+        w(_table(["distill stage", "backend", f"baseline top-1", "distilled top-1", "KD gain"], rows))
+        w("\nThe baseline is the student trained alone from the same initial weights, data stream and schedule.\n\n")
+
+    w("## Accuracy on the validation split\n\n")
+    rows = []
+    for slot in eval_slots:
+        per = {b: ix.values(b, "evaluate", slot, "top1") for b in ix.backends}
+        row = [f"`{slot}`"] + [_fmt(per[b], 100, unit="%") for b in ix.backends]
+        if len(ix.backends) == 2:
+            a, c = per[ix.backends[0]], per[ix.backends[1]]
+            n = min(len(a), len(c))
+            row.append(_fmt([y - x for x, y in zip(a[:n], c[:n])], 100, unit=" pts") if n else "–")
+        row += [_fmt(ix.values(b, "evaluate", slot, "top5"), 100, unit="%") for b in ix.backends]
+        rows.append(row)
+    header = ["model"] + [f"{n} top-1" for n in names]
+    if len(ix.backends) == 2:
+        header.append(f"Δ top-1 ({names[1]} − {names[0]})")
+    header += [f"{n} top-5" for n in names]
+    w(_table(header, rows))
+    w("\n")
+
+    w("## Exported artifacts (measured from the files on disk)\n\n")
+    rows, runtimes = [], {}
+    for b in ix.backends:
+        slots = []
+        for _, st in ix.stage_records(b, "export"):
+            slots += [s for s in st["models"] if s not in slots]
+        for slot in slots:
+            recs = [st["models"][slot] for _, st in ix.stage_records(b, "export") if slot in st["models"]]
+            runtimes[b] = (recs[0]["runtime"], recs[0]["format"])
+            lat_cells = []
+            for bs in recs[0]["latency"]:
+                p50 = [r["latency"][bs]["p50_ms"] for r in recs]
+                p90 = [r["latency"][bs]["p90_ms"] for r in recs]
+                lat_cells.append(f"{_fmt(p50)} / {_fmt(p90)}")
+            rows.append([f"`{slot}`", BACKEND_TITLES.get(b, b), _count(recs[0]["params"]), _count(recs[0]["macs"]), _fmt([r["size_mb"] for r in recs]),
+                         _fmt([r["artifact_top1"] for r in recs], 100, unit="%")] + lat_cells)
+    batch_sizes = []
+    for b in ix.backends:
+        for _, st in ix.stage_records(b, "export"):
+            for m in st["models"].values():
+                batch_sizes = list(m["latency"])
+                break
+    w(_table(["model", "backend", "params", "MACs", "file MB", "artifact top-1"]
+             + [f"batch {bs} latency p50 / p90 ms" for bs in batch_sizes], rows))
+    if runtimes:
+        w("\n" + "".join(f"- {BACKEND_TITLES.get(b, b)}: artifact {fmt}; latency on {rt}.\n"
+                         for b, (rt, fmt) in runtimes.items()))
+    w("\nParams and MACs are counted from the exported artifact (conv and matmul ops). Latency uses the same "
+      "inputs, warm-up, repeats and thread count on both backends.\n\n")
+
+    w("## Training\n\n")
+    rows = []
+    for b in ix.backends:
+        by_stage: dict[str, list[dict]] = defaultdict(list)
+        for stype in ("train", "distill"):
+            for _, st in ix.stage_records(b, stype):
+                by_stage[st["name"]].append(st)
+        for name, sts in by_stage.items():
+            rows.append([f"`{name}`", BACKEND_TITLES.get(b, b), f"`{sts[0]['model']}`", str(sts[0]["epochs"]),
+                         str(sts[0]["steps"]), _fmt([s["train_time_s"] for s in sts], digits=1),
+                         _fmt([s["time_per_step_s"] for s in sts], digits=3),
+                         _fmt([s["final"]["train_loss"] for s in sts], digits=4),
+                         _fmt([s["final"]["val_top1"] for s in sts], 100, unit="%")])
+    w(_table(["stage", "backend", "output", "epochs", "steps", "train time s", "s / step", "last-epoch train loss",
+              "val top-1 after training"], rows))
+    w("\nTraining time excludes the per-epoch validation pass.\n\n")
+
+    w("## Same start: initial-weight parity\n\n")
+    rows = []
+    for r in results:
+        for slot, p in (r.get("init_parity") or {}).items():
+            status = "ok" if p["max_rel"] <= p["rtol"] else "OVER TOLERANCE"
+            rows.append([f"`{slot}`", BACKEND_TITLES.get(r["backend"], r["backend"]), str(r["seed"]),
+                         f"{p['max_abs']:.2e}", f"{p['max_rel']:.2e}", f"{p['rtol']:.0e}", status])
+    w("Initial weights are created once per seed by the reference framework "
+      f"({meta.get('recipe', {}).get('reference_framework', 'torch')}), stored as numpy, loaded by each backend and "
+      "checked on fixed validation images.\n\n")
+    w(_table(["model", "backend", "seed", "max abs logit diff", "max relative diff", "tolerance", "status"], rows))
+    w("\n")
+
+    w("## Same data\n\n")
+    rows = []
+    digests = defaultdict(set)
+    for r in results:
+        d = r.get("data") or {}
+        if d:
+            digests[r["seed"]].add((d.get("split"), d.get("first_batches")))
+            rows.append([BACKEND_TITLES.get(r["backend"], r["backend"]), str(r["seed"]), d.get("dataset", "?"),
+                         f"{d.get('train_size')} / {d.get('val_size')}", f"`{d.get('split')}`",
+                         f"`{d.get('first_batches')}`"])
+    w(_table(["backend", "seed", "dataset", "train / val images", "split hash", "first batches hash"], rows))
+    same = all(len(v) == 1 for v in digests.values())
+    w("\n" + ("The split and the first training batches hash identically on every backend for each seed.\n\n"
+              if same else "**The data streams differ between backends: the comparison is not fair.**\n\n"))
+
+    w("## What differs between the two runs\n\n")
+    w(_differences(ix, runtimes))
+    w("\n## Environment\n\n")
+    rows = []
+    for r in results:
+        env = r.get("environment") or {}
+        cpu = env.get("cpu") or {}
+        vers = ", ".join(f"{k} {v}" for k, v in (env.get("versions") or {}).items())
+        rows.append([BACKEND_TITLES.get(r["backend"], r["backend"]), str(r["seed"]), vers, env.get("device", "?"),
+                     str(env.get("threads", "?")), f"{cpu.get('model', '?')} ({cpu.get('logical_cores', '?')} cores; "
+                     f"{' '.join(cpu.get('flags', []))})", f"{r.get('peak_rss_mb', 0):.0f} MB",
+                     f"{r.get('wall_time_s', 0):.0f} s"])
+    w(_table(["backend", "seed", "versions", "device", "threads", "CPU", "peak RSS", "wall time"], rows))
+    return md.getvalue()
+
+
+def _differences(ix: _Index, runtimes: dict) -> str:
+    lines = ["- Kernels and floating-point summation order are each framework's own, so trained weights drift "
+             "apart from an identical start; that drift is part of the result.",
+             "- Random number streams inside the frameworks (dropout masks) differ; data order and augmentation "
+             "do not (they come from common/data)."]
+    for b, (rt, fmt) in runtimes.items():
+        lines.append(f"- {BACKEND_TITLES.get(b, b)} deploys as {fmt} on {rt}.")
+    devices = {r["backend"]: (r.get("environment") or {}).get("device") for r in ix.results}
+    if len(set(devices.values())) > 1:
+        lines.append("- Devices differ: " + ", ".join(f"{b} on {d}" for b, d in devices.items()) + ".")
+    threads = {r["backend"]: (r.get("environment") or {}).get("threads") for r in ix.results}
+    if len(set(threads.values())) > 1:
+        lines.append("- Thread counts differ: " + ", ".join(f"{b} {t}" for b, t in threads.items()) + ".")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(run_dir: Path, out_dir: Path | None = None) -> Path:
+    """Write report.md, results.csv and results.json for a run directory; return the report path."""
+    run_dir = Path(run_dir)
+    out_dir = Path(out_dir) if out_dir else run_dir
+    results = load_results(run_dir)
+    if not results:
+        raise FileNotFoundError(f"no result files under {run_dir}/<backend>/seed-<n>/result.json")
+    meta = read_json(run_dir / "run.json") if (run_dir / "run.json").is_file() else {}
+    md = build_markdown(run_dir, results, meta)
+    rows = flat_rows(results)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=["backend", "seed", "stage", "model", "metric", "value"])
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(out_dir / "results.csv", buf.getvalue())
+    atomic_write_text(out_dir / "results.json", json.dumps({"run": run_dir.name, "rows": rows}, indent=1) + "\n")
+    path = out_dir / "report.md"
+    atomic_write_text(path, md)
+    return path

@@ -1,0 +1,119 @@
+"""Runs a recipe: one subprocess per (backend, seed), identical thread settings, results kept per backend.
+
+Isolation matters: `import paddle` then `import torch` crashes, memory is measured per process, and a
+crash in one backend keeps the other's results. Backends run one after another so neither competes
+with the other for the CPU while being timed.
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from common.progress import MARK, fmt_duration
+from common.recipe import Recipe
+from common.results import atomic_write_json, init_dir, new_run_dir, read_json, seed_dir
+
+THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS")
+
+
+@dataclass
+class RunOutcome:
+    run_dir: Path
+    failures: list[str] = field(default_factory=list)
+
+
+def worker_env(threads: int) -> dict[str, str]:
+    env = dict(os.environ)
+    for k in THREAD_ENV:
+        env[k] = str(threads)
+    env["PYTHONUNBUFFERED"] = "1"
+    env.setdefault("GLOG_minloglevel", "2")  # Paddle's C++ info logging goes to the log file only anyway
+    return env
+
+
+def run_worker(args: list[str], log_path: Path, label: str, threads: int) -> int:
+    """Start a worker, show its progress lines on the console, keep everything in its log file."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "common.worker", *args, "--threads", str(threads)]
+    with open(log_path, "a") as log:
+        log.write(f"$ {shlex.join(cmd)}\n")
+        log.flush()
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                env=worker_env(threads), cwd=Path(__file__).resolve().parent.parent)
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            log.write(line)
+            if line.startswith(MARK):
+                print(f"[{label}] {line[len(MARK):].rstrip()}", flush=True)
+        code = proc.wait()
+        log.write(f"# exit code {code}\n")
+    return code
+
+
+def _tail(path: Path, lines: int = 12) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def _mark_crashed(result_path: Path, code: int, backend: str, seed: int) -> None:
+    """A worker that died without finishing (signal, OOM) leaves status 'running': record the crash."""
+    if not result_path.is_file():
+        atomic_write_json(result_path, {"schema_version": 1, "backend": backend, "seed": seed, "status": "failed",
+                                        "stages": [], "error": {"type": "WorkerCrashed", "stage": "setup",
+                                                                "message": f"worker exited with code {code}"}})
+        return
+    data = read_json(result_path)
+    if data.get("status") == "running":
+        data["status"] = "failed"
+        data["error"] = {"type": "WorkerCrashed", "stage": "unknown",
+                         "message": f"worker exited with code {code} before finishing"}
+        atomic_write_json(result_path, data)
+
+
+def run_recipe(recipe: Recipe, backends: list[str], out: Path, command: str, threads: int) -> RunOutcome:
+    run_dir = new_run_dir(out, recipe.name)
+    atomic_write_json(run_dir / "run.json", {
+        "recipe": recipe.raw, "recipe_source": recipe.source, "recipe_name": recipe.name,
+        "recipe_digest": recipe.digest(), "profile": recipe.profile, "backends": backends,
+        "seeds": list(recipe.seeds), "threads": threads, "command": command,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    print(f"slimbench: {recipe.name} (profile {recipe.profile}) on {', '.join(backends)}; seeds "
+          f"{', '.join(map(str, recipe.seeds))}; {threads} thread(s)\n  run directory: {run_dir}", flush=True)
+    outcome = RunOutcome(run_dir)
+    t0 = time.time()
+    for seed in recipe.seeds:
+        ref = recipe.reference_framework
+        log = init_dir(run_dir, seed) / "log.txt"
+        code = run_worker(["init", str(run_dir), "--backend", ref, "--seed", str(seed)], log,
+                          f"init seed {seed}", threads)
+        if code != 0:
+            msg = (f"seed {seed}: creating initial weights with the reference framework '{ref}' failed "
+                   f"(exit {code}); see {log}")
+            outcome.failures.append(msg)
+            print(f"  {msg}\n{_tail(log)}", flush=True)
+            for backend in backends:
+                _mark_crashed(seed_dir(run_dir, backend, seed) / "result.json", code, backend, seed)
+            continue
+        for backend in backends:
+            sdir = seed_dir(run_dir, backend, seed)
+            t_b = time.time()
+            code = run_worker(["run", str(run_dir), "--backend", backend, "--seed", str(seed)], sdir / "log.txt",
+                              f"{backend} seed {seed}", threads)
+            if code != 0:
+                _mark_crashed(sdir / "result.json", code, backend, seed)
+                err = read_json(sdir / "result.json").get("error") or {}
+                msg = (f"{backend} seed {seed} failed in {err.get('stage', '?')}: "
+                       f"{err.get('message', f'exit code {code}')} (log: {sdir / 'log.txt'})")
+                outcome.failures.append(msg)
+                print(f"  {msg}", flush=True)
+            else:
+                print(f"[{backend} seed {seed}] finished in {fmt_duration(time.time() - t_b)}", flush=True)
+    print(f"all runs finished in {fmt_duration(time.time() - t0)}", flush=True)
+    return outcome

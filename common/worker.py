@@ -1,0 +1,166 @@
+"""The per-backend subprocess: `python -m common.worker {init,run} RUN_DIR --backend B --seed N`.
+
+`init` (reference framework only) creates each model's initial weights for a seed and writes them as a
+framework-neutral numpy state plus the logits they give on fixed probe inputs. `run` loads those
+weights into the backend's models, checks the logits match (fairness rule 2), then runs the stages,
+rewriting result.json after each one.
+"""
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from backends.base import load_backend
+from common.data import BatchStream, load_dataset
+from common.errors import ParityError, SlimbenchError
+from common.metrics import logit_difference
+from common.progress import Progress
+from common.recipe import Recipe, validate
+from common.results import SCHEMA_VERSION, atomic_write_json, init_dir, read_json, seed_dir
+from common.stages import EXECUTORS, RunContext
+from common.sysinfo import platform_info
+
+
+def load_run_recipe(run_dir: Path) -> Recipe:
+    meta = read_json(run_dir / "run.json")
+    return validate(meta["recipe"], meta["recipe_source"], meta["profile"])
+
+
+def _probe_and_stream(recipe: Recipe, seed: int) -> tuple[BatchStream, int, np.ndarray]:
+    data = load_dataset(recipe.data)
+    stream = BatchStream(data, recipe.data, seed)
+    return stream, data.num_classes, stream.val_images(recipe.parity.probe_batch)
+
+
+def _num_classes(recipe: Recipe, slot: str, data_classes: int) -> int:
+    return recipe.models[slot].num_classes or data_classes
+
+
+def cmd_init(run_dir: Path, backend_name: str, seed: int, threads: int) -> None:
+    recipe = load_run_recipe(run_dir)
+    backend = load_backend(backend_name)
+    stream, classes, probe = _probe_and_stream(recipe, seed)
+    out = init_dir(run_dir, seed)
+    out.mkdir(parents=True, exist_ok=True)
+    info = {"reference_framework": backend_name, "seed": seed, "versions": backend.versions(), "models": {}}
+    for i, (slot, cfg) in enumerate(recipe.models.items()):
+        backend.configure(threads, "cpu", seed * 1000 + i)  # one RNG stream per model slot
+        model = backend.build_model(cfg, _num_classes(recipe, slot, classes))
+        state = backend.state_to_numpy(model)
+        tmp = out / f".{slot}.tmp.npz"
+        np.savez(tmp, **state)
+        tmp.replace(out / f"{slot}.npz")
+        np.save(out / f"{slot}.probe.npy", backend.predict(model, probe))
+        info["models"][slot] = {"arch": cfg.arch, "tensors": len(state),
+                                "params": int(sum(a.size for a in state.values()))}
+        Progress().say(f"init: {slot} ({cfg.arch}) weights created by {backend_name}, seed {seed * 1000 + i}")
+    atomic_write_json(out / "init.json", info)
+
+
+class ResultWriter:
+    def __init__(self, path: Path, base: dict[str, Any]):
+        self.path, self.data = path, base
+        self.flush()
+
+    def flush(self) -> None:
+        self.data["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        atomic_write_json(self.path, self.data)
+
+
+def cmd_run(run_dir: Path, backend_name: str, seed: int, threads: int) -> int:
+    recipe = load_run_recipe(run_dir)
+    out = seed_dir(run_dir, backend_name, seed)
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.time()
+    res = ResultWriter(out / "result.json", {
+        "schema_version": SCHEMA_VERSION, "recipe": recipe.name, "recipe_digest": recipe.digest(),
+        "profile": recipe.profile, "backend": backend_name, "seed": seed, "run_id": run_dir.name,
+        "status": "running", "error": None, "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "environment": {**platform_info(), "threads": threads}, "stages": []})
+    current = "setup"
+    progress = Progress()
+    try:
+        backend = load_backend(backend_name)
+        res.data["environment"]["versions"] = backend.versions()
+        res.data["environment"].update(backend.configure(threads, recipe.runtime.device, seed))
+        stream, classes, probe = _probe_and_stream(recipe, seed)
+        res.data["data"] = {"dataset": recipe.data.dataset, "image_size": recipe.data.image_size,
+                            "batch_size": recipe.data.batch_size, **stream.digest()}
+        current = "init"
+        ctx = RunContext(backend, recipe, stream, classes, out, threads, progress)
+        parity = {}
+        src = init_dir(run_dir, seed)
+        for slot, cfg in recipe.models.items():
+            model = backend.build_model(cfg, _num_classes(recipe, slot, classes))
+            backend.load_numpy_state(model, dict(np.load(src / f"{slot}.npz")))
+            diff = logit_difference(np.load(src / f"{slot}.probe.npy"), backend.predict(model, probe))
+            parity[slot] = {**diff, "rtol": recipe.parity.rtol, "reference": recipe.reference_framework}
+            res.data["init_parity"] = parity
+            if diff["max_rel"] > recipe.parity.rtol:
+                raise ParityError(f"initial weights of '{slot}' ({cfg.arch}) converted from "
+                                  f"{recipe.reference_framework} give logits off by {diff['max_rel']:.2e} (relative), "
+                                  f"over the tolerance {recipe.parity.rtol:.0e} (parity.rtol)")
+            progress.say(f"init parity {slot}: max abs {diff['max_abs']:.2e}, relative {diff['max_rel']:.2e}")
+            ctx.models[slot], ctx.model_cfgs[slot] = model, cfg
+        res.flush()
+        for stage in recipe.stages:
+            current = stage.name
+            t0 = time.perf_counter()
+            record: dict[str, Any] = {"name": stage.name, "type": stage.type, "status": "running"}
+            res.data["stages"].append(record)
+            res.flush()
+            record.update(EXECUTORS[stage.type](ctx, stage))
+            record["status"] = "ok"
+            record["time_s"] = time.perf_counter() - t0
+            for slot in stage.config.outputs():
+                ckpt = out / "checkpoints" / f"{slot}{backend.checkpoint_suffix()}"
+                ckpt.parent.mkdir(exist_ok=True)
+                backend.save_checkpoint(ctx.models[slot], ckpt)
+                record.setdefault("checkpoints", {})[slot] = str(ckpt.relative_to(out))
+            res.flush()
+        res.data["status"] = "ok"
+        return_code = 0
+    except Exception as e:  # recorded in result.json and re-raised as the worker's exit status
+        traceback.print_exc()
+        kind = type(e).__name__
+        res.data["status"] = "failed"
+        res.data["error"] = {"type": kind, "stage": current, "message": str(e),
+                             "user_error": isinstance(e, SlimbenchError)}
+        for record in res.data["stages"]:
+            if record.get("status") == "running":
+                record["status"] = "failed"
+        progress.say(f"FAILED in {current}: {kind}: {e}")
+        return_code = 1
+    res.data["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    res.data["wall_time_s"] = time.time() - t_start
+    res.flush()
+    return return_code
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m common.worker")
+    p.add_argument("command", choices=["init", "run"])
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--backend", required=True)
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--threads", type=int, required=True)
+    a = p.parse_args(argv)
+    if a.command == "init":
+        try:
+            cmd_init(a.run_dir, a.backend, a.seed, a.threads)
+        except SlimbenchError as e:
+            Progress().say(f"FAILED in init: {e}")
+            return 1
+        return 0
+    return cmd_run(a.run_dir, a.backend, a.seed, a.threads)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
