@@ -1,0 +1,123 @@
+"""Cross-framework parity: losses, weight transfer, optimizer steps, artifact accounting.
+
+Both backends are used in one process here; tests/conftest.py imports torch first (import order, DESIGN.md 5).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from common.metrics import hinton_kd_loss
+from common.recipe import ModelConfig, OptimizerConfig
+
+pytestmark = [pytest.mark.torch, pytest.mark.paddle]
+
+
+@pytest.fixture(scope="module")
+def backends():
+    from backends.base import load_backend
+    tb, pb = load_backend("torch"), load_backend("paddle")
+    tb.configure(2, "cpu", 0)
+    pb.configure(2, "cpu", 0)
+    return tb, pb
+
+
+def _transfer(tb, pb, arch: str, small: bool = False):
+    cfg = ModelConfig(arch=arch, small_input=small)
+    tm, pm = tb.build_model(cfg, 10), pb.build_model(cfg, 10)
+    pb.load_numpy_state(pm, tb.state_to_numpy(tm))
+    return tm, pm
+
+
+def test_kd_loss_agrees_to_1e6_on_the_same_logits(backends):
+    tb, pb = backends
+    rng = np.random.default_rng(0)
+    s = rng.normal(0, 3, (64, 100)).astype(np.float32)
+    t = rng.normal(0, 3, (64, 100)).astype(np.float32)
+    y = rng.integers(0, 100, 64)
+    for T, a in ((4.0, 0.9), (1.0, 0.5), (8.0, 1.0)):
+        ref = hinton_kd_loss(s, t, y, T, a)
+        assert abs(tb.kd_loss(s, t, y, T, a) - ref) < 1e-6 * max(1, abs(ref))
+        assert abs(pb.kd_loss(s, t, y, T, a) - ref) < 1e-6 * max(1, abs(ref))
+
+
+@pytest.mark.parametrize("arch,small", [("tiny_cnn", False), ("resnet18", True), ("resnet50", False),
+                                        ("mobilenet_v2", False), ("mobilenet_v2", True),
+                                        ("mobilenet_v3_small", False)])
+def test_weight_transfer_reproduces_logits(backends, arch, small):
+    tb, pb = backends
+    tm, pm = _transfer(tb, pb, arch, small)
+    x = np.random.default_rng(1).standard_normal((4, 3, 32, 32)).astype(np.float32)
+    ref, got = tb.predict(tm, x), pb.predict(pm, x)
+    assert np.abs(ref - got).max() / np.abs(ref).max() < 1e-5
+    assert np.array_equal(ref.argmax(1), got.argmax(1))
+
+
+def test_paddle_state_round_trips_to_canonical(backends):
+    tb, pb = backends
+    tm, pm = _transfer(tb, pb, "resnet18")
+    a, b = tb.state_to_numpy(tm), pb.state_to_numpy(pm)
+    assert a.keys() == b.keys()
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_mismatched_state_is_rejected(backends):
+    tb, pb = backends
+    state = tb.state_to_numpy(tb.build_model(ModelConfig(arch="tiny_cnn"), 10))
+    with pytest.raises(ValueError):
+        pb.load_numpy_state(pb.build_model(ModelConfig(arch="tiny_cnn_small"), 10), state)
+    with pytest.raises(ValueError):
+        tb.load_numpy_state(tb.build_model(ModelConfig(arch="tiny_cnn_small"), 10), state)
+
+
+@pytest.mark.parametrize("opt", [OptimizerConfig(name="sgd", lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4),
+                                 OptimizerConfig(name="adamw", lr=0.01, weight_decay=0.05)])
+def test_optimizer_steps_match_across_frameworks(backends, opt):
+    """Same start, same batches, same learning rates: losses agree step by step (SGD/Momentum, AdamW)."""
+    tb, pb = backends
+    tm, pm = _transfer(tb, pb, "tiny_cnn")
+    tt, pt = tb.trainer(tm, opt), pb.trainer(pm, opt)
+    rng = np.random.default_rng(0)
+    for step in range(4):
+        x = rng.standard_normal((16, 3, 16, 16)).astype(np.float32)
+        y = rng.integers(0, 10, 16)
+        lt, lp = tt.step(x, y, opt.lr * (step + 1) / 4), pt.step(x, y, opt.lr * (step + 1) / 4)
+        assert lt == pytest.approx(lp, rel=1e-4, abs=1e-5)
+    a, b = tb.state_to_numpy(tm), pb.state_to_numpy(pm)
+    assert max(float(np.abs(a[k] - b[k]).max()) for k in a) < 1e-3
+
+
+def test_bn_recalibration_matches(backends):
+    tb, pb = backends
+    tm, pm = _transfer(tb, pb, "tiny_cnn")
+    batches = [np.random.default_rng(i).standard_normal((8, 3, 16, 16)).astype(np.float32) * (i + 1)
+               for i in range(3)]
+    tb.recalibrate_bn(tm, iter(batches))
+    pb.recalibrate_bn(pm, iter(batches))
+    a, b = tb.state_to_numpy(tm), pb.state_to_numpy(pm)
+    mean = "features.1.running_mean"
+    assert np.allclose(a[mean], b[mean], atol=1e-5)
+    # Cumulative average of the three batch means (not an EMA):
+    x = tm.features[0](__import__("torch").from_numpy(np.concatenate(batches))).detach().numpy()
+    per_batch = x.reshape(3, 8, *x.shape[1:]).mean(axis=(1, 3, 4))
+    assert np.allclose(a[mean], per_batch.mean(axis=0), atol=1e-4)
+    var = "features.1.running_var"
+    assert np.allclose(a[var], b[var], rtol=2e-2)  # torch keeps the unbiased batch variance, paddle the biased one
+
+
+@pytest.mark.parametrize("arch", ["tiny_cnn", "mobilenet_v2"])
+def test_exported_artifacts_count_the_same_params_and_macs(backends, arch, tmp_path: Path):
+    tb, pb = backends
+    tm, pm = _transfer(tb, pb, arch)
+    x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    ta, pa = tb.export(tm, x, tmp_path / "t"), pb.export(pm, x, tmp_path / "p")
+    ts, ps = tb.artifact_stats(ta, (1, 3, 32, 32)), pb.artifact_stats(pa, (1, 3, 32, 32))
+    assert (ts["params"], ts["macs"]) == (ps["params"], ps["macs"])
+    tpred, ppred = tb.load_artifact(ta, 2), pb.load_artifact(pa, 2)
+    for batch in (1, 5):  # dynamic batch dimension in both artifacts
+        xb = np.random.default_rng(batch).standard_normal((batch, 3, 32, 32)).astype(np.float32)
+        ref = tb.predict(tm, xb)
+        assert np.abs(tpred(xb) - ref).max() <= 1e-4 * np.abs(ref).max()
+        assert np.abs(ppred(xb) - ref).max() <= 1e-3 * np.abs(ref).max()

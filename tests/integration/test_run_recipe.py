@@ -1,0 +1,155 @@
+"""End to end through the real CLI: the smoke profile on each backend and on both, failures, bad recipes."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    code = "import sys; from common.cli import {fn}; sys.exit({fn}(sys.argv[1:]))"
+    fn = "run_recipe" if args[0] == "run-recipe" else "slimbench"
+    return subprocess.run([sys.executable, "-c", code.format(fn=fn), *args[1:]], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def results(run_dir: Path) -> dict[str, dict]:
+    return {p.parent.parent.name: json.loads(p.read_text()) for p in run_dir.glob("*/seed-0/result.json")}
+
+
+def only_run(out: Path) -> Path:
+    runs = list((out / "kd_resnet50_mobilenet").iterdir())
+    assert len(runs) == 1
+    return runs[0]
+
+
+def check_result(r: dict) -> None:
+    assert r["status"] == "ok", r.get("error")
+    assert r["schema_version"] == 1
+    assert [s["name"] for s in r["stages"]] == ["train_teacher", "train_student", "distill", "evaluate", "export"]
+    assert all(p["max_rel"] < 1e-4 for p in r["init_parity"].values())
+    ev = r["stages"][3]["models"]
+    assert set(ev) == {"teacher", "student_baseline", "student_kd"}
+    assert ev["teacher"]["top1"] > 0.3  # learns something in seconds on the synthetic smoke data
+    ex = r["stages"][4]["models"]["teacher"]
+    assert ex["size_bytes"] > 0 and ex["macs"] > 0 and ex["latency"]["1"]["p50_ms"] > 0
+    assert ex["artifact_top1"] == pytest.approx(ev["teacher"]["top1"], abs=0.02)
+
+
+@pytest.mark.torch
+def test_smoke_torch(tmp_path: Path):
+    p = cli("run-recipe", "kd_resnet50_mobilenet", "--backend", "torch", "--profile", "smoke", "--out", str(tmp_path))
+    assert p.returncode == 0, p.stdout + p.stderr
+    run = only_run(tmp_path)
+    check_result(results(run)["torch"])
+    assert "train_teacher  epoch 1/2" in p.stdout and "ETA" in p.stdout
+    assert (run / "report.md").is_file() and "report:" in p.stdout
+
+
+@pytest.mark.paddle
+def test_smoke_paddle(tmp_path: Path):
+    p = cli("run-recipe", "kd_resnet50_mobilenet", "--backend", "paddle", "--profile", "smoke", "--out", str(tmp_path))
+    assert p.returncode == 0, p.stdout + p.stderr
+    check_result(results(only_run(tmp_path))["paddle"])
+
+
+@pytest.mark.torch
+@pytest.mark.paddle
+def test_smoke_all_backends_same_data_and_report(tmp_path: Path):
+    p = cli("run-recipe", "kd_resnet50_mobilenet", "--backend", "all", "--profile", "smoke", "--out", str(tmp_path),
+            "--set", "stages.distill.temperature=2")
+    assert p.returncode == 0, p.stdout + p.stderr
+    run = only_run(tmp_path)
+    res = results(run)
+    for r in res.values():
+        check_result(r)
+    assert res["torch"]["data"] == res["paddle"]["data"]  # identical split and batch stream
+    assert res["torch"]["stages"][2]["temperature"] == 2.0
+    # Same start, same data, same schedule: the teacher's first-epoch loss agrees closely across frameworks.
+    lt = res["torch"]["stages"][0]["history"][0]["train_loss"]
+    lp = res["paddle"]["stages"][0]["history"][0]["train_loss"]
+    assert lt == pytest.approx(lp, rel=1e-3)
+    report = (run / "report.md").read_text()
+    for text in ("PyTorch top-1", "PaddlePaddle top-1", "Knowledge-distillation gain", "initial-weight parity",
+                 "split hash", "Paddle Inference", "torch.export", "batch 1 latency p50 / p90 ms"):
+        assert text in report, text
+    assert (run / "results.csv").read_text().startswith("backend,seed,stage,model,metric,value")
+    # The report is rebuilt from result files alone.
+    p2 = cli("slimbench", "report", str(run), "--out", str(tmp_path / "again"))
+    assert p2.returncode == 0, p2.stderr
+    assert (tmp_path / "again" / "report.md").read_text().split("Generated")[1][20:] == report.split("Generated")[1][20:]
+
+
+@pytest.mark.torch
+@pytest.mark.paddle
+def test_one_backend_failing_keeps_the_other_and_exits_nonzero(tmp_path: Path):
+    # A tolerance below paddle's conversion error (~1e-7) but above torch's (0): paddle must stop at init.
+    p = cli("run-recipe", "kd_resnet50_mobilenet", "--profile", "smoke", "--out", str(tmp_path),
+            "--set", "parity.rtol=1e-12")
+    assert p.returncode == 1
+    assert "paddle seed 0 failed in init" in p.stderr and "parity.rtol" in p.stderr
+    run = only_run(tmp_path)
+    res = results(run)
+    assert res["torch"]["status"] == "ok"
+    assert res["paddle"]["status"] == "failed" and res["paddle"]["error"]["type"] == "ParityError"
+    assert "## Failures" in (run / "report.md").read_text()
+
+
+@pytest.mark.torch
+def test_diverging_training_stops_with_a_clear_reason(tmp_path: Path):
+    p = cli("run-recipe", "kd_resnet50_mobilenet", "--backend", "torch", "--profile", "smoke", "--out", str(tmp_path),
+            "--set", "stages.train_teacher.optimizer.lr=1e30",
+            "--set", "stages.train_teacher.optimizer.name=sgd")
+    assert p.returncode == 1
+    r = results(only_run(tmp_path))["torch"]
+    assert r["error"]["type"] == "TrainingDiverged" and r["error"]["stage"] == "train_teacher"
+    assert "stages[0].train.optimizer.lr" in r["error"]["message"]
+
+
+def test_malformed_recipe_is_one_line_with_key_path(tmp_path: Path):
+    bad = tmp_path / "bad.yaml"
+    src = (ROOT / "recipes" / "kd_resnet50_mobilenet.yaml").read_text()
+    bad.write_text(src.replace("temperature: 4\n", "temperature: high\n", 1))
+    p = cli("run-recipe", str(bad), "--out", str(tmp_path / "runs"))
+    assert p.returncode == 2
+    assert p.stderr.strip() == 'error: bad.yaml: stages[2].distill.temperature: expected a number > 0, got "high"'
+    assert not (tmp_path / "runs").exists()
+
+
+def test_cli_usage_errors():
+    p = cli("run-recipe", "kd_resnet50_mobilenet", "--backend", "tensorflow")
+    assert p.returncode == 2 and "expected torch, paddle, all" in p.stderr and "Traceback" not in p.stderr
+    p = cli("run-recipe", "no_such_recipe")
+    assert p.returncode == 2 and "built-in recipes are" in p.stderr
+
+
+def test_slimbench_list_and_show():
+    p = cli("slimbench", "list")
+    assert p.returncode == 0 and p.stdout.startswith("kd_resnet50_mobilenet")
+    p = cli("slimbench", "show", "kd_resnet50_mobilenet", "--profile", "smoke", "--set", "stages.distill.alpha=0.5")
+    assert p.returncode == 0 and "alpha: 0.5" in p.stdout and "arch: tiny_cnn" in p.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.torch
+def test_default_profile_torch_teacher_reaches_95(tmp_path: Path):
+    p = cli("run-recipe", "kd_resnet50_mobilenet", "--backend", "torch", "--out", str(tmp_path), "--seeds", "0",
+            timeout=1800)
+    assert p.returncode == 0, p.stderr
+    r = results(only_run(tmp_path))["torch"]
+    assert r["stages"][3]["models"]["teacher"]["top1"] >= 0.95
+
+
+@pytest.mark.gpu
+@pytest.mark.torch
+def test_smoke_torch_on_cuda(tmp_path: Path):
+    p = cli("run-recipe", "kd_resnet50_mobilenet", "--backend", "torch", "--profile", "smoke", "--out", str(tmp_path),
+            "--set", "runtime.device=cuda")
+    assert p.returncode == 0, p.stdout + p.stderr
+    r = results(only_run(tmp_path))["torch"]
+    assert r["environment"]["device"].startswith("cuda")

@@ -1,0 +1,113 @@
+from __future__ import annotations
+
+import pickle
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from common.data import BatchStream, load_dataset
+from common.errors import DataError
+from common.recipe import AugmentConfig, DataConfig
+
+
+def batches(cfg: DataConfig, seed: int, epoch: int = 0, n: int = 3):
+    stream = BatchStream(load_dataset(cfg), cfg, seed)
+    out = []
+    for i, b in enumerate(stream.train_epoch(epoch)):
+        if i == n:
+            break
+        out.append(b)
+    return out
+
+
+def test_digits_is_the_real_bundled_dataset_resized_to_3x32x32():
+    data = load_dataset(DataConfig())
+    assert len(data.train) + len(data.val) == 1797 and data.num_classes == 10
+    x = data.val.take(np.arange(4))
+    assert x.shape == (4, 3, 32, 32) and x.dtype == np.float32
+    assert np.array_equal(x[:, 0], x[:, 1])  # replicated channels
+    assert np.array_equal(x[..., 0:4, 0:4].min(axis=(-1, -2)), x[..., 0:4, 0:4].max(axis=(-1, -2)))  # 4x4 blocks
+
+
+def test_same_seed_same_batches_other_seed_other_order():
+    cfg = DataConfig(augment=AugmentConfig(crop_padding=2, hflip=True))
+    a, b, c = batches(cfg, 0), batches(cfg, 0), batches(cfg, 1)
+    for (xa, ya), (xb, yb) in zip(a, b):
+        assert np.array_equal(xa, xb) and np.array_equal(ya, yb)
+    assert not np.array_equal(a[0][1], c[0][1])
+    assert not np.array_equal(batches(cfg, 0, epoch=1)[0][1], a[0][1])
+
+
+def test_digest_is_stable_across_processes_and_versions():
+    """Pinned values: a change here means the data stream changed and old runs are no longer comparable."""
+    cfg = DataConfig()
+    d = BatchStream(load_dataset(cfg), cfg, 0).digest()
+    assert d["split"] == "c320efe7984e16eb"
+    assert d["first_batches"] == "5ca992e034f8801e"
+    assert (d["train_size"], d["val_size"]) == ("1438", "359")
+
+
+def test_split_does_not_depend_on_the_run_seed():
+    cfg = DataConfig()
+    a, b = BatchStream(load_dataset(cfg), cfg, 0).digest(), BatchStream(load_dataset(cfg), cfg, 7).digest()
+    assert a["split"] == b["split"] and a["first_batches"] != b["first_batches"]
+
+
+def test_normalization_uses_training_statistics():
+    cfg = DataConfig(dataset="synthetic", image_size=8, synthetic_samples=200, batch_size=16)
+    stream = BatchStream(load_dataset(cfg), cfg, 0)
+    x = np.concatenate([b[0] for b in stream.train_epoch(0)])
+    assert abs(float(x.mean())) < 0.1 and abs(float(x.std()) - 1.0) < 0.1
+    assert stream.steps_per_epoch == 160 // 16
+
+
+def test_val_batches_cover_the_split_in_fixed_order():
+    cfg = DataConfig(eval_batch_size=100)
+    stream = BatchStream(load_dataset(cfg), cfg, 0)
+    labels = np.concatenate([y for _, y in stream.val_batches()])
+    assert np.array_equal(labels, stream.data.val.labels)
+
+
+def _write_cifar10(root: Path, n: int = 20) -> None:
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        with open(folder / name, "wb") as fh:
+            pickle.dump({b"data": rng.integers(0, 255, (n, 3072), dtype=np.uint8),
+                         b"labels": list(rng.integers(0, 10, n))}, fh)
+
+
+def test_cifar10_python_pickles(tmp_path: Path):
+    _write_cifar10(tmp_path)
+    data = load_dataset(DataConfig(dataset="cifar10", path=str(tmp_path), batch_size=8))
+    assert len(data.train) == 100 and len(data.val) == 20 and data.num_classes == 10
+
+
+def test_missing_or_corrupt_cifar_names_path_and_layout(tmp_path: Path):
+    with pytest.raises(DataError, match=r"dataset not found: .*missing data_batch_1.*python-pickle files"):
+        load_dataset(DataConfig(dataset="cifar10", path=str(tmp_path)))
+    _write_cifar10(tmp_path)
+    (tmp_path / "cifar-10-batches-py" / "test_batch").write_bytes(b"not a pickle")
+    with pytest.raises(DataError, match=r"corrupt dataset file .*test_batch"):
+        load_dataset(DataConfig(dataset="cifar10", path=str(tmp_path)))
+
+
+def test_imagefolder_tree(tmp_path: Path):
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 6), ("val", 2)):
+        for cls in ("cat", "dog"):
+            d = tmp_path / split / cls
+            d.mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 255, (20, 30, 3), dtype=np.uint8)).save(d / f"{i}.png")
+    cfg = DataConfig(dataset="imagefolder", path=str(tmp_path), image_size=16, batch_size=4)
+    data = load_dataset(cfg)
+    assert data.num_classes == 2 and len(data.train) == 12 and len(data.val) == 4
+    x, y = next(BatchStream(data, cfg, 0).train_epoch(0))
+    assert x.shape == (4, 3, 16, 16)
+    with pytest.raises(DataError, match="ImageNet layout"):
+        load_dataset(replace(cfg, path=str(tmp_path / "nowhere")))

@@ -1,0 +1,42 @@
+import numpy as np
+import pytest
+
+from common.metrics import (classification_metrics, conv_macs, cross_entropy, hinton_kd_loss, latency_summary,
+                            logit_difference, topk_correct)
+
+
+def test_topk_and_cross_entropy_hand_computed():
+    logits = np.array([[2.0, 1.0, 0.0], [0.0, 0.0, 3.0]])
+    labels = np.array([1, 2])
+    assert topk_correct(logits, labels, 1).tolist() == [False, True]
+    assert topk_correct(logits, labels, 2).tolist() == [True, True]
+    ce0 = -np.log(np.exp(1) / (np.exp(2) + np.exp(1) + 1))
+    ce1 = -np.log(np.exp(3) / (2 + np.exp(3)))
+    assert cross_entropy(logits, labels) == pytest.approx((ce0 + ce1) / 2)
+    m = classification_metrics(logits, labels)
+    assert m["top1"] == 0.5 and m["top5"] == 1.0 and m["samples"] == 2
+
+
+def test_hinton_loss_hand_computed():
+    s, t, y = np.array([[1.0, 0.0]]), np.array([[0.0, 1.0]]), np.array([0])
+    T, a = 2.0, 0.75
+    ps = np.exp([0.5, 0.0]) / np.exp([0.5, 0.0]).sum()
+    pt = np.exp([0.0, 0.5]) / np.exp([0.0, 0.5]).sum()
+    kl = float((pt * np.log(pt / ps)).sum())
+    ce = -np.log(np.exp(1) / (np.exp(1) + 1))
+    assert hinton_kd_loss(s, t, y, T, a) == pytest.approx(a * T * T * kl + (1 - a) * ce)
+    assert hinton_kd_loss(s, s, y, T, 1.0) == pytest.approx(0.0)
+
+
+def test_latency_summary_and_logit_difference():
+    s = latency_summary(np.array([0.001, 0.002, 0.003, 0.004, 0.010]))
+    assert s["p50_ms"] == pytest.approx(3.0) and s["max_ms"] == pytest.approx(10.0) and s["repeats"] == 5
+    d = logit_difference(np.array([[1.0, -4.0]]), np.array([[1.0, -3.0]]))
+    assert d["max_abs"] == 1.0 and d["max_rel"] == 0.25 and d["argmax_agree"] == 1.0
+
+
+def test_conv_macs():
+    # 3x3 conv, 16 -> 32 channels, 8x8 output: 32*8*8 outputs x 16*3*3 MACs each
+    assert conv_macs((1, 32, 8, 8), (32, 16, 3, 3), 1) == 32 * 64 * 144
+    # depthwise: weight (C, 1, 3, 3)
+    assert conv_macs((1, 32, 8, 8), (32, 1, 3, 3), 32) == 32 * 64 * 9

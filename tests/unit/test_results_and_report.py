@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from common.report import build_markdown, flat_rows, write_report
+from common.results import SCHEMA_VERSION, atomic_write_json, load_results, new_run_dir
+
+
+def test_new_run_dirs_never_collide(tmp_path: Path):
+    dirs = {new_run_dir(tmp_path, "r") for _ in range(5)}
+    assert len(dirs) == 5 and all(d.parent == tmp_path / "r" for d in dirs)
+
+
+def test_atomic_write_leaves_no_temp_files(tmp_path: Path):
+    atomic_write_json(tmp_path / "a" / "x.json", {"v": 1})
+    atomic_write_json(tmp_path / "a" / "x.json", {"v": 2})
+    assert json.loads((tmp_path / "a" / "x.json").read_text()) == {"v": 2}
+    assert [p.name for p in (tmp_path / "a").iterdir()] == ["x.json"]
+
+
+def _stage_eval(top1: dict[str, float]) -> dict:
+    return {"name": "evaluate", "type": "evaluate", "status": "ok",
+            "models": {k: {"top1": v, "top5": 1.0, "loss": 0.5} for k, v in top1.items()}}
+
+
+def _result(backend: str, seed: int, top1: dict[str, float], status: str = "ok") -> dict:
+    return {"schema_version": SCHEMA_VERSION, "backend": backend, "seed": seed, "status": status,
+            "error": None if status == "ok" else {"type": "Boom", "stage": "distill", "message": "exploded"},
+            "init_parity": {"teacher": {"max_abs": 1e-7, "max_rel": 2e-7, "rtol": 1e-4}},
+            "data": {"dataset": "digits", "split": "aaa", "first_batches": "bbb", "train_size": "10", "val_size": "5"},
+            "environment": {"threads": 2, "device": "cpu", "versions": {backend: "1.0"}},
+            "stages": [_stage_eval(top1)] if status == "ok" else []}
+
+
+META = {"recipe_name": "kd", "profile": "default", "threads": 2, "command": "run-recipe kd",
+        "recipe": {"description": "d", "stages": [
+            {"train": {"name": "train_student", "model": "student", "output": "student_baseline"}},
+            {"distill": {"name": "distill", "teacher": "teacher", "student": "student", "output": "student_kd"}}]}}
+
+
+def _write_run(tmp_path: Path, results: list[dict]) -> Path:
+    run = tmp_path / "kd" / "run-1"
+    for r in results:
+        atomic_write_json(run / r["backend"] / f"seed-{r['seed']}" / "result.json", r)
+    atomic_write_json(run / "run.json", META)
+    return run
+
+
+def test_report_statistics_against_hand_computed_values(tmp_path: Path):
+    results = [_result("torch", 0, {"student_baseline": 0.50, "student_kd": 0.60}),
+               _result("torch", 1, {"student_baseline": 0.70, "student_kd": 0.70}),
+               _result("paddle", 0, {"student_baseline": 0.40, "student_kd": 0.60}),
+               _result("paddle", 1, {"student_baseline": 0.60, "student_kd": 0.80})]
+    run = _write_run(tmp_path, results)
+    md = build_markdown(run, load_results(run), META)
+    # torch baseline: mean 60%, std (ddof=1) 14.14; KD gains 10 and 0 -> 5.00 ± 7.07
+    assert "| distill | PyTorch | 60.00% ± 14.14 | 65.00% ± 7.07 | 5.00 pts ± 7.07 |" in md
+    # paddle gains 20 and 20 -> 20.00 ± 0.00
+    assert "| distill | PaddlePaddle | 50.00% ± 14.14 | 70.00% ± 14.14 | 20.00 pts ± 0.00 |" in md
+    # paired difference paddle - torch of student_kd: 0 and +10 -> 5.00 ± 7.07
+    assert "| `student_kd` | 65.00% ± 7.07 | 70.00% ± 14.14 | 5.00 pts ± 7.07 |" in md
+    assert md.index("PyTorch top-1") < md.index("PaddlePaddle top-1")
+    assert "hash identically on every backend" in md
+
+
+def test_failed_backend_still_yields_a_report(tmp_path: Path):
+    run = _write_run(tmp_path, [_result("torch", 0, {"student_baseline": 0.5, "student_kd": 0.6}),
+                                _result("paddle", 0, {}, status="failed")])
+    path = write_report(run)
+    md = path.read_text()
+    assert "## Failures" in md and "**paddle seed 0** failed in `distill`: Boom: exploded" in md
+    rows = flat_rows(load_results(run))
+    assert {"backend": "torch", "seed": 0, "stage": "evaluate", "model": "student_kd", "metric": "top1",
+            "value": 0.6} in rows
+    assert (run / "results.csv").is_file() and (run / "results.json").is_file()
+
+
+def test_results_with_another_schema_version_are_refused(tmp_path: Path):
+    r = _result("torch", 0, {"a": 1.0})
+    r["schema_version"] = 99
+    run = _write_run(tmp_path, [r])
+    with pytest.raises(ValueError, match="schema version 99"):
+        load_results(run)
