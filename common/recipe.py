@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -204,6 +205,24 @@ class Recipe:
         return hashlib.sha256(json.dumps(self.raw, sort_keys=True).encode()).hexdigest()[:16]
 
 
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads `1e-3` as a float (YAML 1.1 wants `1.0e-3`; users write both)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+    |\.[0-9_]+(?:[eE][-+][0-9]+)?
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."))
+
+
+def yaml_load(text: str):
+    return yaml.load(text, Loader=_Loader)
+
+
 _TOP_KEYS = ("name", "description", "data", "models", "stages", "seeds", "reference_framework", "runtime",
              "parity", "profiles")
 
@@ -238,7 +257,7 @@ def load_recipe(name_or_path: str, profile: str = "default", overrides: list[str
     path = find_recipe(name_or_path)
     source = path.name
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml_load(path.read_text())
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark else "?"
@@ -299,7 +318,7 @@ def apply_set(data: dict, item: str, source: str) -> dict:
         raise UsageError(f"--set {item!r}: expected KEY.PATH=VALUE, e.g. stages.distill.temperature=2")
     key, raw_value = item.split("=", 1)
     try:
-        value = yaml.safe_load(raw_value)
+        value = yaml_load(raw_value)
     except yaml.YAMLError:
         value = raw_value
     parts = [p for p in key.strip().split(".") if p]

@@ -110,3 +110,11 @@ def test_dataset_on_disk_needs_a_path():
     data["data"] = {"dataset": "cifar10"}
     assert error_of(data) == ("kd_resnet50_mobilenet.yaml: data.path: expected a directory path for dataset "
                               "'cifar10', got None")
+
+
+def test_scientific_notation_is_a_number_in_files_and_overrides():
+    r = load_recipe("kd_resnet50_mobilenet", "default", ["parity.rtol=1e-12", "stages.distill.optimizer.lr=2e-3"])
+    assert r.parity.rtol == 1e-12 and r.stage("distill").config.optimizer.lr == 0.002
+    data = raw()
+    data["stages"][0]["train"]["optimizer"]["lr"] = "1e-3"  # a string stays a string: still rejected
+    assert 'expected a number > 0, got "1e-3"' in error_of(data)
