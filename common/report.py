@@ -132,6 +132,10 @@ def build_markdown(run_dir: Path, results: list[dict], meta: dict) -> str:
       f"Generated {time.strftime('%Y-%m-%d %H:%M')} from the result files in `{run_dir.name}/`.\n\n")
     w(f"Command: `{meta.get('command', '?')}`\n\n")
 
+    if len(seeds) == 1:
+        w("**One seed:** the differences below are single measurements, not tested for significance. "
+          "Run with `--seeds 0,1,2` (the recipe default) for mean ± std over seeds.\n\n")
+
     failed = [r for r in results if r.get("status") != "ok"]
     if failed:
         w("## Failures\n\n")

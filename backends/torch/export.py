@@ -14,6 +14,8 @@ def export_model(model: nn.Module, example: np.ndarray, out_dir: Path) -> Export
     out_dir.mkdir(parents=True, exist_ok=True)
     model.eval()
     device = next(model.parameters()).device
+    if example.shape[0] < 2:  # a batch-1 example makes torch.export specialize the batch dimension to 1
+        example = np.concatenate([example, example])
     x = torch.from_numpy(example).to(device)
     batch = torch.export.Dim("batch", min=1, max=4096)
     program = torch.export.export(model, (x,), dynamic_shapes=({0: batch},), strict=False)
