@@ -69,9 +69,11 @@ def latency_summary(times_s: np.ndarray) -> dict[str, float]:
             "max_ms": float(ms.max()), "mean_ms": float(ms.mean()), "repeats": int(len(ms))}
 
 
-def conv_macs(out_shape: tuple[int, ...], weight_shape: tuple[int, ...], groups: int) -> int:
-    """MACs of one convolution: output elements x (input channels per group x kernel area)."""
-    del groups  # weight_shape[1] is already in_channels / groups
+def conv_macs(out_shape: tuple[int, ...], weight_shape: tuple[int, ...]) -> int:
+    """MACs of one convolution: output elements x (input channels per group x kernel area).
+
+    The weight's second dimension is already in_channels / groups, so grouped and depthwise convs need nothing more.
+    """
     n_out = int(np.prod(out_shape))
     return n_out * int(np.prod(weight_shape[1:]))
 

@@ -89,7 +89,6 @@ class _Index:
     def __init__(self, results: list[dict]):
         self.results = results
         self.backends = sorted({r["backend"] for r in results}, key=lambda b: (b != "torch", b))
-        self.ok = [r for r in results if r.get("status") == "ok"]
 
     def stage_records(self, backend: str, stage_type: str) -> list[tuple[int, dict]]:
         return [(r["seed"], st) for r in self.results if r["backend"] == backend

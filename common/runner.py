@@ -16,7 +16,7 @@ from pathlib import Path
 
 from common.progress import MARK, fmt_duration
 from common.recipe import Recipe
-from common.results import atomic_write_json, init_dir, new_run_dir, read_json, seed_dir
+from common.results import SCHEMA_VERSION, atomic_write_json, init_dir, new_run_dir, read_json, seed_dir
 
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS")
 
@@ -65,7 +65,7 @@ def _tail(path: Path, lines: int = 12) -> str:
 def _mark_crashed(result_path: Path, code: int, backend: str, seed: int) -> None:
     """A worker that died without finishing (signal, OOM) leaves status 'running': record the crash."""
     if not result_path.is_file():
-        atomic_write_json(result_path, {"schema_version": 1, "backend": backend, "seed": seed, "status": "failed",
+        atomic_write_json(result_path, {"schema_version": SCHEMA_VERSION, "backend": backend, "seed": seed, "status": "failed",
                                         "stages": [], "error": {"type": "WorkerCrashed", "stage": "setup",
                                                                 "message": f"worker exited with code {code}"}})
         return

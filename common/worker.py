@@ -60,7 +60,7 @@ def cmd_init(run_dir: Path, backend_name: str, seed: int, threads: int) -> None:
         np.save(out / f"{slot}.probe.npy", backend.predict(model, probe))
         info["models"][slot] = {"arch": cfg.arch, "tensors": len(state),
                                 "params": int(sum(a.size for a in state.values()))}
-        Progress().say(f"init: {slot} ({cfg.arch}) weights created by {backend_name}, seed {seed * 1000 + i}")
+        Progress().say(f"init: {slot} ({cfg.arch}) weights created by {backend_name} (framework seed {seed * 1000 + i})")
     atomic_write_json(out / "init.json", info)
 
 

@@ -60,7 +60,7 @@ def artifact_stats(artifact: ExportedArtifact, input_shape: tuple[int, ...]) -> 
         macs = 0
         for op in block.ops:
             if op.type in _CONV_OPS:
-                macs += conv_macs(shape(op.output("Output")[0]), shape(op.input("Filter")[0]), op.attr("groups"))
+                macs += conv_macs(shape(op.output("Output")[0]), shape(op.input("Filter")[0]))
             elif op.type in _MATMUL_OPS:
                 x, y = shape(op.input("X")[0]), shape(op.input("Y")[0])
                 if op.type == "matmul_v2" and op.attr("trans_y"):

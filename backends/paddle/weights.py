@@ -71,8 +71,7 @@ def load_numpy_state(model: nn.Layer, state: dict[str, np.ndarray]) -> None:
             raise ValueError(f"canonical {canon} {state[canon].shape} does not fit paddle {pname} "
                              f"{tuple(own[pname].shape)}")
         new[pname] = np.ascontiguousarray(a)
-    missing, unexpected = model.set_state_dict(new), None
-    del missing, unexpected
+    model.set_state_dict(new)
     for pname, a in new.items():  # set_state_dict only warns on problems: verify every tensor landed
         if not np.array_equal(own[pname].numpy(), a):
             raise ValueError(f"paddle tensor {pname} did not load")

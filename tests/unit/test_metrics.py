@@ -37,6 +37,6 @@ def test_latency_summary_and_logit_difference():
 
 def test_conv_macs():
     # 3x3 conv, 16 -> 32 channels, 8x8 output: 32*8*8 outputs x 16*3*3 MACs each
-    assert conv_macs((1, 32, 8, 8), (32, 16, 3, 3), 1) == 32 * 64 * 144
+    assert conv_macs((1, 32, 8, 8), (32, 16, 3, 3)) == 32 * 64 * 144
     # depthwise: weight (C, 1, 3, 3)
-    assert conv_macs((1, 32, 8, 8), (32, 1, 3, 3), 32) == 32 * 64 * 9
+    assert conv_macs((1, 32, 8, 8), (32, 1, 3, 3)) == 32 * 64 * 9
