@@ -41,8 +41,7 @@ def _guard(fn):
         except SlimbenchError as e:
             print(f"error: {e}", file=sys.stderr)
             return e.exit_code
-        except KeyboardInterrupt:
-            print("interrupted: results written so far are kept in the run directory", file=sys.stderr)
+        except KeyboardInterrupt:  # the runner has already said how to resume
             return 130
     return wrapped
 
@@ -58,20 +57,32 @@ def _recipe_args(p: argparse.ArgumentParser) -> None:
 def run_recipe(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="run-recipe", description="Run a compression recipe on PyTorch and/or "
                                 "PaddlePaddle and write comparable results and a report.")
-    p.add_argument("recipe", help="built-in recipe name (see `slimbench list`) or path to a recipe .yaml")
+    p.add_argument("recipe", nargs="?", help="built-in recipe name (see `slimbench list`) or path to a recipe .yaml")
+    p.add_argument("--resume", type=Path, metavar="RUN_DIR", default=None,
+                   help="finish an interrupted or failed run in place (completed stages are kept)")
     p.add_argument("--backend", default="all", help="torch | paddle | all (default)")
     _recipe_args(p)
     p.add_argument("--out", type=Path, default=Path("runs"), help="runs directory (default ./runs)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads per backend (default: runtime.threads "
                    "from the recipe, else all cores)")
     a = p.parse_args(argv)
-    backends = _backends(a.backend)
-    recipe = load_recipe(a.recipe, a.profile, a.overrides, _seeds(a.seeds) if a.seeds else None)
-    threads = a.threads or recipe.runtime.threads or os.cpu_count() or 1
     from common.report import write_report
-    from common.runner import run_recipe as run
-    outcome = run(recipe, backends, a.out, shlex.join(["run-recipe", *(argv if argv is not None else sys.argv[1:])]),
-                  threads)
+    from common.runner import resume_run, run_recipe as run
+    if a.resume:
+        if a.recipe or a.overrides or a.seeds or a.profile != "default":
+            raise UsageError("--resume RUN_DIR takes the recipe, profile and seeds from the run itself: "
+                             "pass no recipe, --profile, --set or --seeds")
+        if not (a.resume / "run.json").is_file():
+            raise UsageError(f"{a.resume} is not a run directory (no run.json): pass runs/<recipe>/<run-id>")
+        outcome = resume_run(a.resume)
+    else:
+        if not a.recipe:
+            raise UsageError("give a recipe (see `slimbench list`) or --resume RUN_DIR")
+        backends = _backends(a.backend)
+        recipe = load_recipe(a.recipe, a.profile, a.overrides, _seeds(a.seeds) if a.seeds else None)
+        threads = a.threads or recipe.runtime.threads or os.cpu_count() or 1
+        command = shlex.join(["run-recipe", *(argv if argv is not None else sys.argv[1:])])
+        outcome = run(recipe, backends, a.out, command, threads)
     report = write_report(outcome.run_dir)
     print(f"\nresults: {outcome.run_dir}/<backend>/seed-<n>/result.json\nreport:  {report}")
     if outcome.failures:

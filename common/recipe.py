@@ -91,6 +91,10 @@ class TrainStage:
     def inputs(self) -> tuple[str, ...]:
         return (self.model,)
 
+    def derived_from(self) -> dict[str, str]:
+        """output slot -> the input slot whose architecture it has."""
+        return {self.output or self.model: self.model}
+
 
 @dataclass(frozen=True)
 class DistillStage:
@@ -113,6 +117,9 @@ class DistillStage:
     def inputs(self) -> tuple[str, ...]:
         return (self.teacher, self.student)
 
+    def derived_from(self) -> dict[str, str]:
+        return {self.output or self.student: self.student}
+
 
 @dataclass(frozen=True)
 class EvaluateStage:
@@ -124,6 +131,9 @@ class EvaluateStage:
 
     def inputs(self) -> tuple[str, ...]:
         return self.models
+
+    def derived_from(self) -> dict[str, str]:
+        return {}
 
 
 @dataclass(frozen=True)
@@ -145,12 +155,16 @@ class ExportStage:
     def inputs(self) -> tuple[str, ...]:
         return self.models
 
+    def derived_from(self) -> dict[str, str]:
+        return {}
+
 
 STAGE_TYPES: dict[str, type] = {}
 
 
 def register_stage(type_name: str, config_cls: type) -> None:
-    """Make a stage type available to recipes. Its config needs `name`, `inputs()` and `outputs()`."""
+    """Make a stage type available to recipes. Its config needs `name`, `inputs()`, `outputs()` and
+    `derived_from()` (output slot -> input slot it is built from)."""
     STAGE_TYPES[type_name] = config_cls
 
 

@@ -46,10 +46,19 @@ def run_worker(args: list[str], log_path: Path, label: str, threads: int) -> int
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 env=worker_env(threads), cwd=Path(__file__).resolve().parent.parent)
         assert proc.stdout is not None
-        for line in proc.stdout:
-            log.write(line)
-            if line.startswith(MARK):
-                print(f"[{label}] {line[len(MARK):].rstrip()}", flush=True)
+        try:
+            for line in proc.stdout:
+                log.write(line)
+                if line.startswith(MARK):
+                    print(f"[{label}] {line[len(MARK):].rstrip()}", flush=True)
+        except KeyboardInterrupt:
+            # Ctrl-C reached the worker too: let it record "interrupted" in its result before we leave.
+            try:
+                log.write(proc.communicate(timeout=60)[0] or "")
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            log.write(f"# interrupted; worker exit code {proc.returncode}\n")
+            raise
         code = proc.wait()
         log.write(f"# exit code {code}\n")
     return code
@@ -70,7 +79,7 @@ def _mark_crashed(result_path: Path, code: int, backend: str, seed: int) -> None
                                                                 "message": f"worker exited with code {code}"}})
         return
     data = read_json(result_path)
-    if data.get("status") == "running":
+    if data.get("status") in ("running", "interrupted"):
         data["status"] = "failed"
         data["error"] = {"type": "WorkerCrashed", "stage": "unknown",
                          "message": f"worker exited with code {code} before finishing"}
@@ -78,6 +87,7 @@ def _mark_crashed(result_path: Path, code: int, backend: str, seed: int) -> None
 
 
 def run_recipe(recipe: Recipe, backends: list[str], out: Path, command: str, threads: int) -> RunOutcome:
+    """A new run in a fresh directory."""
     run_dir = new_run_dir(out, recipe.name)
     atomic_write_json(run_dir / "run.json", {
         "recipe": recipe.raw, "recipe_source": recipe.source, "recipe_name": recipe.name,
@@ -86,13 +96,38 @@ def run_recipe(recipe: Recipe, backends: list[str], out: Path, command: str, thr
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     print(f"slimbench: {recipe.name} (profile {recipe.profile}) on {', '.join(backends)}; seeds "
           f"{', '.join(map(str, recipe.seeds))}; {threads} thread(s)\n  run directory: {run_dir}", flush=True)
+    return _execute(run_dir, recipe, backends, threads, resume=False)
+
+
+def resume_run(run_dir: Path) -> RunOutcome:
+    """Finish an interrupted or failed run in place: finished (backend, seed) runs and completed stages are kept."""
+    from common.worker import load_run_recipe
+    meta = read_json(run_dir / "run.json")
+    recipe = load_run_recipe(run_dir)
+    print(f"slimbench: resuming {run_dir} ({recipe.name}, profile {recipe.profile})", flush=True)
+    return _execute(run_dir, recipe, meta["backends"], meta["threads"], resume=True)
+
+
+def _execute(run_dir: Path, recipe: Recipe, backends: list[str], threads: int, resume: bool) -> RunOutcome:
+    try:
+        return _execute_all(run_dir, recipe, backends, threads, resume)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: finished stages are kept; continue with `run-recipe --resume {run_dir}`",
+              file=sys.stderr, flush=True)
+        raise
+
+
+def _execute_all(run_dir: Path, recipe: Recipe, backends: list[str], threads: int, resume: bool) -> RunOutcome:
     outcome = RunOutcome(run_dir)
     t0 = time.time()
     for seed in recipe.seeds:
         ref = recipe.reference_framework
         log = init_dir(run_dir, seed) / "log.txt"
-        code = run_worker(["init", str(run_dir), "--backend", ref, "--seed", str(seed)], log,
-                          f"init seed {seed}", threads)
+        if resume and (init_dir(run_dir, seed) / "init.json").is_file():
+            code = 0
+        else:
+            code = run_worker(["init", str(run_dir), "--backend", ref, "--seed", str(seed)], log,
+                              f"init seed {seed}", threads)
         if code != 0:
             msg = (f"seed {seed}: creating initial weights with the reference framework '{ref}' failed "
                    f"(exit {code}); see {log}")
@@ -103,9 +138,12 @@ def run_recipe(recipe: Recipe, backends: list[str], out: Path, command: str, thr
             continue
         for backend in backends:
             sdir = seed_dir(run_dir, backend, seed)
+            if resume and (sdir / "result.json").is_file() and read_json(sdir / "result.json").get("status") == "ok":
+                print(f"[{backend} seed {seed}] finished earlier: kept", flush=True)
+                continue
             t_b = time.time()
-            code = run_worker(["run", str(run_dir), "--backend", backend, "--seed", str(seed)], sdir / "log.txt",
-                              f"{backend} seed {seed}", threads)
+            args = ["run", str(run_dir), "--backend", backend, "--seed", str(seed)] + (["--resume"] if resume else [])
+            code = run_worker(args, sdir / "log.txt", f"{backend} seed {seed}", threads)
             if code != 0:
                 _mark_crashed(sdir / "result.json", code, backend, seed)
                 err = read_json(sdir / "result.json").get("error") or {}

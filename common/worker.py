@@ -74,16 +74,32 @@ class ResultWriter:
         atomic_write_json(self.path, self.data)
 
 
-def cmd_run(run_dir: Path, backend_name: str, seed: int, threads: int) -> int:
+def _completed_stages(recipe: Recipe, result_path: Path) -> list[dict]:
+    """Stage records of an earlier attempt that finished, as long as they match the recipe's order."""
+    if not result_path.is_file():
+        return []
+    done = []
+    for stage, record in zip(recipe.stages, read_json(result_path).get("stages", [])):
+        if record.get("name") != stage.name or record.get("status") != "ok":
+            break
+        done.append(record)
+    return done
+
+
+def cmd_run(run_dir: Path, backend_name: str, seed: int, threads: int, resume: bool = False) -> int:
     recipe = load_run_recipe(run_dir)
     out = seed_dir(run_dir, backend_name, seed)
     out.mkdir(parents=True, exist_ok=True)
+    done = _completed_stages(recipe, out / "result.json") if resume else []
+    if not resume and (out / "result.json").is_file():
+        raise SlimbenchError(f"{out / 'result.json'} exists: a run never overwrites another (use --resume)")
     t_start = time.time()
     res = ResultWriter(out / "result.json", {
         "schema_version": SCHEMA_VERSION, "recipe": recipe.name, "recipe_digest": recipe.digest(),
         "profile": recipe.profile, "backend": backend_name, "seed": seed, "run_id": run_dir.name,
         "status": "running", "error": None, "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "environment": {**platform_info(), "threads": threads}, "stages": []})
+        "environment": {**platform_info(), "threads": threads}, "stages": list(done),
+        "resumed_stages": [r["name"] for r in done]})
     current = "setup"
     progress = Progress()
     try:
@@ -110,7 +126,14 @@ def cmd_run(run_dir: Path, backend_name: str, seed: int, threads: int) -> int:
             progress.say(f"init parity {slot}: max abs {diff['max_abs']:.2e}, relative {diff['max_rel']:.2e}")
             ctx.models[slot], ctx.model_cfgs[slot] = model, cfg
         res.flush()
-        for stage in recipe.stages:
+        for stage, record in zip(recipe.stages, done):
+            current = stage.name
+            for dst, src in stage.config.derived_from().items():
+                model = ctx.output_model(src, dst)
+                backend.load_checkpoint(model, out / record["checkpoints"][dst])
+            progress.say(f"{stage.name}: completed earlier" + (", outputs reloaded from checkpoints"
+                                                                if stage.config.derived_from() else ": kept"))
+        for stage in recipe.stages[len(done):]:
             current = stage.name
             t0 = time.perf_counter()
             record: dict[str, Any] = {"name": stage.name, "type": stage.type, "status": "running"}
@@ -127,15 +150,16 @@ def cmd_run(run_dir: Path, backend_name: str, seed: int, threads: int) -> int:
             res.flush()
         res.data["status"] = "ok"
         return_code = 0
-    except Exception as e:  # recorded in result.json and re-raised as the worker's exit status
-        traceback.print_exc()
+    except (Exception, KeyboardInterrupt) as e:  # recorded in result.json; the exit status says it failed
         kind = type(e).__name__
-        res.data["status"] = "failed"
+        res.data["status"] = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
         res.data["error"] = {"type": kind, "stage": current, "message": str(e),
                              "user_error": isinstance(e, SlimbenchError)}
         for record in res.data["stages"]:
             if record.get("status") == "running":
                 record["status"] = "failed"
+        res.flush()  # record the failure before anything else can go wrong
+        traceback.print_exc()
         progress.say(f"FAILED in {current}: {kind}: {e}")
         return_code = 1
     res.data["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
@@ -151,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--backend", required=True)
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--threads", type=int, required=True)
+    p.add_argument("--resume", action="store_true", help="keep completed stages of an earlier attempt")
     a = p.parse_args(argv)
     if a.command == "init":
         try:
@@ -159,7 +184,11 @@ def main(argv: list[str] | None = None) -> int:
             Progress().say(f"FAILED in init: {e}")
             return 1
         return 0
-    return cmd_run(a.run_dir, a.backend, a.seed, a.threads)
+    try:
+        return cmd_run(a.run_dir, a.backend, a.seed, a.threads, a.resume)
+    except SlimbenchError as e:
+        Progress().say(f"FAILED: {e}")
+        return 1
 
 
 if __name__ == "__main__":

@@ -82,6 +82,14 @@ class PaddleBackend:
         paddle.save(model.state_dict(), str(tmp))
         tmp.replace(path)
 
+    def load_checkpoint(self, model: paddle.nn.Layer, path: Path) -> None:
+        state = paddle.load(str(path))
+        model.set_state_dict(state)
+        own = model.state_dict()
+        for k, v in state.items():  # set_state_dict only warns on a mismatch: check it loaded
+            if k not in own or not np.array_equal(own[k].numpy(), np.asarray(v)):
+                raise ValueError(f"checkpoint {path}: tensor {k} did not load into the model")
+
     def checkpoint_suffix(self) -> str:
         return ".pdparams"
 

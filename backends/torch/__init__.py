@@ -69,6 +69,9 @@ class TorchBackend:
         torch.save(model.state_dict(), tmp)
         tmp.replace(path)
 
+    def load_checkpoint(self, model: torch.nn.Module, path: Path) -> None:
+        model.load_state_dict(torch.load(path, map_location=self.device, weights_only=True))
+
     def checkpoint_suffix(self) -> str:
         return ".pt"
 

@@ -153,3 +153,27 @@ def test_smoke_torch_on_cuda(tmp_path: Path):
     assert p.returncode == 0, p.stdout + p.stderr
     r = results(only_run(tmp_path))["torch"]
     assert r["environment"]["device"].startswith("cuda")
+
+
+@pytest.mark.torch
+def test_resume_keeps_completed_stages_and_finishes_the_run(tmp_path: Path):
+    p = cli("run-recipe", "kd_resnet50_mobilenet", "--backend", "torch", "--profile", "smoke", "--out", str(tmp_path))
+    assert p.returncode == 0, p.stderr
+    run = only_run(tmp_path)
+    path = run / "torch" / "seed-0" / "result.json"
+    full = json.loads(path.read_text())
+    # The state a crash after the distill stage leaves behind: three stages done, the run not finished.
+    crashed = dict(full, status="failed", stages=full["stages"][:3])
+    path.write_text(json.dumps(crashed))
+    p = cli("run-recipe", "--resume", str(run))
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "distill: completed earlier, outputs reloaded from checkpoints" in p.stdout
+    assert "train_teacher  epoch" not in p.stdout  # not retrained
+    resumed = json.loads(path.read_text())
+    assert resumed["status"] == "ok" and resumed["resumed_stages"] == ["train_teacher", "train_student", "distill"]
+    # Reloaded checkpoints reproduce the uninterrupted run's evaluation exactly.
+    for slot, m in full["stages"][3]["models"].items():
+        assert {k: resumed["stages"][3]["models"][slot][k] for k in ("top1", "top5", "loss")} == \
+            {k: m[k] for k in ("top1", "top5", "loss")}
+    p = cli("run-recipe", "--resume", str(run))
+    assert p.returncode == 0 and "finished earlier: kept" in p.stdout
