@@ -68,6 +68,20 @@ class Backend(Protocol):
     def recalibrate_bn(self, model: Any, batches: Iterable[np.ndarray]) -> None:
         """Reset BN running stats and set them to the cumulative average over `batches` (train mode, no grad)."""
 
+    def prunable(self, model: Any) -> dict[str, np.ndarray]:
+        """Conv/Linear weights (masks applied) under canonical names and layouts, in module order."""
+
+    def head_name(self, model: Any) -> str:
+        """Canonical name of the classifier head's weight (skipped by default when pruning)."""
+
+    def set_masks(self, model: Any, masks: dict[str, np.ndarray]) -> None:
+        """Apply boolean keep-masks (canonical layout); they persist through training until export."""
+
+    def get_masks(self, model: Any) -> dict[str, np.ndarray]: ...
+
+    def pruning_lowering(self) -> str:
+        """How masks are realised in this framework (recorded in results)."""
+
     def save_checkpoint(self, model: Any, path: Path) -> None: ...
 
     def load_checkpoint(self, model: Any, path: Path) -> None: ...

@@ -122,6 +122,37 @@ class DistillStage:
 
 
 @dataclass(frozen=True)
+class PruneStage:
+    """Unstructured magnitude pruning: one-shot, or gradual (AGP) while fine-tuning."""
+    name: str
+    model: str
+    sparsity: float = field(metadata=bounds(ge=0, lt=1))
+    output: str | None = None
+    method: Literal["magnitude"] = "magnitude"
+    scope: Literal["local", "global"] = "global"
+    schedule: Literal["one_shot", "agp"] = "one_shot"
+    skip_layers: tuple[str, ...] = ()
+    prune_head: bool = False  # a global threshold otherwise removes MobileNetV2's whole classifier (DESIGN.md 5)
+    # agp only: the sparsity ramps from initial_sparsity to sparsity while training for `epochs`
+    initial_sparsity: float = field(default=0.0, metadata=bounds(ge=0, lt=1))
+    epochs: int = field(default=1, metadata=bounds(gt=0))
+    prune_every_steps: int = field(default=10, metadata=bounds(gt=0))
+    ramp_end_fraction: float = field(default=0.75, metadata=bounds(gt=0, le=1))
+    optimizer: OptimizerConfig = OptimizerConfig()
+    lr_schedule: ScheduleConfig = ScheduleConfig()
+    bn_recalibration_batches: int = field(default=0, metadata=bounds(ge=0))
+
+    def outputs(self) -> tuple[str, ...]:
+        return (self.output or self.model,)
+
+    def inputs(self) -> tuple[str, ...]:
+        return (self.model,)
+
+    def derived_from(self) -> dict[str, str]:
+        return {self.output or self.model: self.model}
+
+
+@dataclass(frozen=True)
 class EvaluateStage:
     name: str
     models: tuple[str, ...] = field(metadata={"nonempty": True})
@@ -168,7 +199,7 @@ def register_stage(type_name: str, config_cls: type) -> None:
     STAGE_TYPES[type_name] = config_cls
 
 
-for _t, _c in (("train", TrainStage), ("distill", DistillStage), ("evaluate", EvaluateStage),
+for _t, _c in (("train", TrainStage), ("distill", DistillStage), ("prune", PruneStage), ("evaluate", EvaluateStage),
                ("export", ExportStage)):
     register_stage(_t, _c)
 
@@ -429,6 +460,9 @@ def validate(data: dict, source: str, profile: str) -> Recipe:
                     key = f"{spath}.{stype}.{fname}" + (f"[{j}]" if fname == "models" else "")
                     raise RecipeError(source, key, f"a model defined in `models` or produced by an earlier stage "
                                       f"({', '.join(sorted(slots))})", ref)
+        if stype == "prune" and cfg.initial_sparsity > cfg.sparsity:
+            raise RecipeError(source, f"{spath}.prune.initial_sparsity",
+                              f"a value <= sparsity ({cfg.sparsity})", cfg.initial_sparsity)
         slots.update(cfg.outputs())
         stages.append(Stage(stype, cfg))
     seeds = convert(tuple[int, ...], data.get("seeds", [0, 1, 2]), source, "seeds", {"nonempty": True})

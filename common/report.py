@@ -211,6 +211,8 @@ def build_markdown(run_dir: Path, results: list[dict], meta: dict) -> str:
     w("\nParams and MACs are counted from the exported artifact (conv and matmul ops). Latency uses the same "
       "inputs, warm-up, repeats and thread count on both backends.\n\n")
 
+    w(_pruning_section(ix))
+
     w("## Training\n\n")
     rows = []
     for b in ix.backends:
@@ -270,6 +272,43 @@ def build_markdown(run_dir: Path, results: list[dict], meta: dict) -> str:
                      f"{r.get('wall_time_s', 0):.0f} s"])
     w(_table(["backend", "seed", "versions", "device", "threads", "CPU", "peak RSS", "wall time"], rows))
     return md.getvalue()
+
+
+def _pruning_section(ix: _Index) -> str:
+    rows, curves, lowerings = [], {}, {}
+    for b in ix.backends:
+        exports = {slot: rec for _, st in ix.stage_records(b, "export") for slot, rec in st["models"].items()}
+        for seed, st in ix.stage_records(b, "prune"):
+            ex = exports.get(st["model"], {})
+            sp = ex.get("sparsity") or {}
+            art = sp.get("pruned_layers")
+            comp = ex.get("compressed_bytes")
+            after = st.get("accuracy_after_prune") or st.get("final") or {}
+            after_top1 = after.get("top1", after.get("val_top1"))
+            rows.append([f"`{st['name']}`", BACKEND_TITLES.get(b, b), str(seed), f"{st['scope']} {st['schedule']}",
+                         f"{st['target_sparsity'] * 100:.1f}%", f"{st['achieved_sparsity'] * 100:.2f}%",
+                         f"{art * 100:.2f}%" if art is not None else "–",
+                         f"{sp.get('overall', 0) * 100:.2f}%" if sp else "–",
+                         f"{st['accuracy_before']['top1'] * 100:.2f}%",
+                         f"{after_top1 * 100:.2f}%" if after_top1 is not None else "–",
+                         f"{ex['size_bytes'] / 1e6:.2f} / {comp / 1e6:.2f}" if ex and comp else "–"])
+            curves.setdefault(st["name"], {})[(b, seed)] = [round(c["target"], 6) for c in st["sparsity_curve"]]
+            lowerings[b] = st["lowering"]
+    if not rows:
+        return ""
+    out = ["## Pruning\n",
+           _table(["stage", "backend", "seed", "scope / schedule", "target", "reached (in memory)",
+                   "exported: pruned layers", "exported: all conv+linear", "top-1 before", "top-1 after (AGP: after fine-tuning)",
+                   "file MB / zlib MB"], rows) + "\n"]
+    for name, by_run in curves.items():
+        same = len({tuple(v) for v in by_run.values()}) == 1
+        out.append(f"- `{name}`: the sparsity schedule ({len(next(iter(by_run.values())))} mask updates) is "
+                   + ("identical on every backend and seed.\n" if same else "**different between runs**.\n"))
+    out += [f"- {BACKEND_TITLES.get(b, b)} lowering: {lw}.\n" for b, lw in lowerings.items()]
+    out.append("- Unstructured sparsity is counted from the exported weights. Dense kernels run zeros like any other "
+               "value, so these models are not faster, and the file on disk is the same size; only a compressed "
+               "copy (zlib column) shrinks.\n\n")
+    return "\n".join(out[:1]) + "\n" + "".join(out[1:])
 
 
 def _differences(ix: _Index, runtimes: dict) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -19,7 +20,9 @@ from common.data import BatchStream
 from common.errors import TrainingDiverged
 from common.metrics import classification_metrics, latency_summary, logit_difference, time_calls
 from common.progress import Progress
-from common.recipe import (DistillStage, EvaluateStage, ExportStage, ModelConfig, OptimizerConfig, Recipe,
+from common.pruning import (agp_sparsity, magnitude_masks, name_artifact_layers, prune_steps, pruned_layer_sparsity,
+                            select_layers, sparsity_of)
+from common.recipe import (DistillStage, EvaluateStage, ExportStage, ModelConfig, OptimizerConfig, PruneStage, Recipe,
                            ScheduleConfig, Stage, TrainStage)
 from common.schedule import lr_at
 
@@ -36,10 +39,13 @@ class RunContext:
     models: dict[str, Any] = field(default_factory=dict)
     model_cfgs: dict[str, ModelConfig] = field(default_factory=dict)
 
-    def stage_path(self, stage: Stage) -> str:
-        """Key path of a stage in the recipe, for error messages."""
+    def stage_key(self, stage: Stage) -> str:
+        """Key path of a stage in the recipe (`stages[2].distill`), for error messages."""
         i = next(i for i, s in enumerate(self.recipe.stages) if s.name == stage.name)
-        return f"{self.recipe.source}: stages[{i}].{stage.type}"
+        return f"stages[{i}].{stage.type}"
+
+    def stage_path(self, stage: Stage) -> str:
+        return f"{self.recipe.source}: {self.stage_key(stage)}"
 
     def output_model(self, src: str, dst: str) -> Any:
         """The model a stage will modify: the source itself, or a copy when the output is a new slot."""
@@ -47,8 +53,16 @@ class RunContext:
             return self.models[src]
         clone = self.backend.build_model(self.model_cfgs[src], self.num_classes)
         self.backend.load_numpy_state(clone, self.backend.state_to_numpy(self.models[src]))
+        masks = self.backend.get_masks(self.models[src])
+        if masks:  # a pruned model stays pruned in its copy (fine-tuning keeps the masks)
+            self.backend.set_masks(clone, masks)
         self.models[dst], self.model_cfgs[dst] = clone, self.model_cfgs[src]
         return clone
+
+
+def compressed_size(files: list[Path]) -> int:
+    """Bytes after zlib (level 6): what zeros from unstructured sparsity save in storage or transfer."""
+    return sum(len(zlib.compress(f.read_bytes(), 6)) for f in files)
 
 
 def evaluate_logits(backend: Backend, model: Any, stream: BatchStream) -> tuple[np.ndarray, np.ndarray]:
@@ -71,8 +85,12 @@ def recalibrate_bn(ctx: RunContext, model: Any, batches: int, epoch: int) -> Non
 
 
 def fit(ctx: RunContext, stage: Stage, runner: StepRunner, model: Any, epochs: int, opt: OptimizerConfig,
-        schedule: ScheduleConfig, bn_batches: int = 0) -> dict[str, Any]:
-    """The shared training loop: per-step learning rate from common/schedule, per-epoch validation."""
+        schedule: ScheduleConfig, bn_batches: int = 0,
+        before_step: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """The shared training loop: per-step learning rate from common/schedule, per-epoch validation.
+
+    `before_step(global_step)` runs before each optimizer step (gradual pruning updates masks there).
+    """
     spe = ctx.stream.steps_per_epoch
     total = epochs * spe
     history: list[dict[str, float]] = []
@@ -84,6 +102,8 @@ def fit(ctx: RunContext, stage: Stage, runner: StepRunner, model: Any, epochs: i
         for step, (x, y) in enumerate(ctx.stream.train_epoch(epoch)):
             global_step = epoch * spe + step
             lr = lr_at(global_step, total, spe, opt.lr, schedule)
+            if before_step is not None:
+                before_step(global_step)
             loss = runner.step(x, y, lr)
             if not math.isfinite(loss):
                 raise TrainingDiverged(f"stage '{stage.name}' epoch {epoch + 1} step {step + 1}: loss is {loss}; "
@@ -127,6 +147,54 @@ def run_distill(ctx: RunContext, stage: Stage) -> dict[str, Any]:
             "alpha": cfg.alpha, **result}
 
 
+def run_prune(ctx: RunContext, stage: Stage) -> dict[str, Any]:
+    """Magnitude pruning: masks computed in common/pruning, applied by the backend; one-shot or AGP."""
+    cfg: PruneStage = stage.config
+    out = cfg.output or cfg.model
+    model = ctx.output_model(cfg.model, out)
+    names = list(ctx.backend.prunable(model))
+    head = "" if cfg.prune_head else ctx.backend.head_name(model)
+    layers = select_layers(names, cfg.skip_layers, head, ctx.recipe.source, f"{ctx.stage_key(stage)}.skip_layers")
+    curve: list[dict[str, float]] = []
+
+    def prune_to(target: float, step: int) -> None:
+        current = ctx.backend.prunable(model)
+        masks = magnitude_masks({n: current[n] for n in layers}, target, cfg.scope)
+        ctx.backend.set_masks(model, masks)
+        achieved = sparsity_of({n: ctx.backend.prunable(model)[n] for n in layers})["overall"]
+        curve.append({"step": step, "target": target, "achieved": achieved})
+
+    before = classification_metrics(*evaluate_logits(ctx.backend, model, ctx.stream))
+    record: dict[str, Any] = {"model": out, "method": cfg.method, "scope": cfg.scope, "schedule": cfg.schedule,
+                              "target_sparsity": cfg.sparsity, "layers_pruned": len(layers),
+                              "layers_skipped": [n for n in names if n not in layers],
+                              "lowering": ctx.backend.pruning_lowering(), "accuracy_before": before}
+    if cfg.schedule == "one_shot":
+        prune_to(cfg.sparsity, 0)
+        record["accuracy_after_prune"] = classification_metrics(*evaluate_logits(ctx.backend, model, ctx.stream))
+        ctx.progress.say(f"{stage.name}: {out} pruned to {curve[-1]['achieved'] * 100:.1f}% sparsity over "
+                         f"{len(layers)} layers; top1 {before['top1'] * 100:.2f}% -> "
+                         f"{record['accuracy_after_prune']['top1'] * 100:.2f}%")
+    else:
+        total = cfg.epochs * ctx.stream.steps_per_epoch
+        steps, end = prune_steps(total, cfg.prune_every_steps, cfg.ramp_end_fraction)
+        when = set(steps)
+
+        def before_step(global_step: int) -> None:
+            if global_step in when:
+                prune_to(agp_sparsity(global_step, 0, end, cfg.initial_sparsity, cfg.sparsity), global_step)
+
+        runner = ctx.backend.trainer(model, cfg.optimizer)
+        record.update(fit(ctx, stage, runner, model, cfg.epochs, cfg.optimizer, cfg.lr_schedule,
+                          cfg.bn_recalibration_batches, before_step))
+        record["ramp_end_step"] = end
+        ctx.progress.say(f"{stage.name}: {out} at {curve[-1]['achieved'] * 100:.1f}% sparsity after AGP "
+                         f"({len(curve)} mask updates over {end} steps)")
+    record["achieved_sparsity"] = curve[-1]["achieved"]
+    record["sparsity_curve"] = curve
+    return record
+
+
 def run_evaluate(ctx: RunContext, stage: Stage) -> dict[str, Any]:
     cfg: EvaluateStage = stage.config
     metrics = {}
@@ -156,6 +224,11 @@ def run_export(ctx: RunContext, stage: Stage) -> dict[str, Any]:
         model = ctx.models[slot]
         artifact = ctx.backend.export(model, ctx.stream.val_images(2), ctx.out_dir / "artifacts" / slot)
         stats = ctx.backend.artifact_stats(artifact, (1, 3, size, size))
+        named = name_artifact_layers(stats["sparsity"]["layers"], ctx.backend.prunable(model))
+        if named:
+            stats["sparsity"]["layers"] = named
+        pruned = sorted(ctx.backend.get_masks(model))
+        stats["sparsity"]["pruned_layers"] = pruned_layer_sparsity(named, pruned) if pruned else None
         predict = ctx.backend.load_artifact(artifact, ctx.threads)
         probe = ctx.stream.val_images(ctx.recipe.parity.probe_batch)
         agreement = logit_difference(ctx.backend.predict(model, probe), predict(probe))
@@ -173,6 +246,8 @@ def run_export(ctx: RunContext, stage: Stage) -> dict[str, Any]:
                                                           cfg.measure.repeats))
         rec = {"format": artifact.format, "files": [str(f.relative_to(ctx.out_dir)) for f in artifact.files],
                "size_bytes": artifact.size_bytes, "size_mb": artifact.size_bytes / 1e6, **stats,
+               # Dense kernels store zeros like any other value: sparsity only shrinks a compressed file.
+               "compressed_bytes": compressed_size(artifact.files) if stats["sparsity"]["overall"] > 0.01 else None,
                "runtime": ctx.backend.runtime_name(), "threads": ctx.threads,
                "artifact_vs_model": agreement, "artifact_top1": acc["top1"], "latency": latency}
         out[slot] = rec
@@ -190,5 +265,6 @@ def register_executor(stage_type: str, fn: Callable[[RunContext, Stage], dict[st
     EXECUTORS[stage_type] = fn
 
 
-for _t, _fn in (("train", run_train), ("distill", run_distill), ("evaluate", run_evaluate), ("export", run_export)):
+for _t, _fn in (("train", run_train), ("distill", run_distill), ("prune", run_prune), ("evaluate", run_evaluate),
+                ("export", run_export)):
     register_executor(_t, _fn)

@@ -15,7 +15,7 @@ import numpy as np
 import paddle
 
 from backends.base import ExportedArtifact
-from backends.paddle import distill, export, measure, models, train, weights
+from backends.paddle import distill, export, measure, models, prune, train, weights
 from common.errors import SlimbenchError
 from common.recipe import ModelConfig, OptimizerConfig
 
@@ -78,13 +78,17 @@ class PaddleBackend:
         train.recalibrate_bn(model, batches)
 
     def save_checkpoint(self, model: paddle.nn.Layer, path: Path) -> None:
+        """State plus pruning masks: loads into a freshly built model."""
         tmp = path.with_name(path.name + ".tmp")
-        paddle.save(model.state_dict(), str(tmp))
+        paddle.save({"state": model.state_dict(), "masks": prune.get_masks(model)}, str(tmp))
         tmp.replace(path)
 
     def load_checkpoint(self, model: paddle.nn.Layer, path: Path) -> None:
-        state = paddle.load(str(path))
+        data = paddle.load(str(path))
+        state = data["state"]
         model.set_state_dict(state)
+        if data["masks"]:
+            prune.set_masks(model, {k: np.asarray(v) for k, v in data["masks"].items()})
         own = model.state_dict()
         for k, v in state.items():  # set_state_dict only warns on a mismatch: check it loaded
             if k not in own or not np.array_equal(own[k].numpy(), np.asarray(v)):
@@ -92,6 +96,21 @@ class PaddleBackend:
 
     def checkpoint_suffix(self) -> str:
         return ".pdparams"
+
+    def prunable(self, model: paddle.nn.Layer) -> dict[str, np.ndarray]:
+        return prune.prunable(model)
+
+    def head_name(self, model: paddle.nn.Layer) -> str:
+        return prune.head_name(model)
+
+    def set_masks(self, model: paddle.nn.Layer, masks: dict[str, np.ndarray]) -> None:
+        prune.set_masks(model, masks)
+
+    def get_masks(self, model: paddle.nn.Layer) -> dict[str, np.ndarray]:
+        return prune.get_masks(model)
+
+    def pruning_lowering(self) -> str:
+        return prune.LOWERING
 
     def export(self, model: paddle.nn.Layer, example: np.ndarray, out_dir: Path) -> ExportedArtifact:
         return export.export_model(model, example, out_dir)

@@ -9,6 +9,7 @@ from paddle import inference
 
 from backends.base import ExportedArtifact
 from common.metrics import conv_macs, matmul_macs
+from common.pruning import sparsity_of
 
 RUNTIME = "Paddle Inference (AnalysisPredictor, oneDNN, IR optim on)"
 
@@ -57,6 +58,12 @@ def artifact_stats(artifact: ExportedArtifact, input_shape: tuple[int, ...]) -> 
         param_names = {name for op in block.ops for slot in weight_inputs.get(op.type, [])
                        for name in op.input(slot) if block.var(name).persistable}
         params = sum(int(np.prod(block.var(n).shape)) for n in param_names)
+        # Conv filters and matmul weights, in op order, read back from the loaded parameters.
+        scope = paddle.static.global_scope()
+        weight_names = [op.input(s)[0] for op in block.ops for s in ("Filter", "Y")
+                        if op.type in _CONV_OPS | _MATMUL_OPS and s in op.input_names
+                        and op.input(s) and block.var(op.input(s)[0]).persistable]
+        weights = {n: np.array(scope.find_var(n).get_tensor()) for n in dict.fromkeys(weight_names)}
         macs = 0
         for op in block.ops:
             if op.type in _CONV_OPS:
@@ -69,5 +76,5 @@ def artifact_stats(artifact: ExportedArtifact, input_shape: tuple[int, ...]) -> 
                 macs += matmul_macs(m, x[-1], y[-1])
     finally:
         paddle.disable_static()
-    return {"params": int(params), "macs": int(macs), "flops": int(2 * macs),
+    return {"params": int(params), "macs": int(macs), "flops": int(2 * macs), "sparsity": sparsity_of(weights),
             "counted_by": "conv2d/depthwise_conv2d/matmul ops of the saved inference program"}

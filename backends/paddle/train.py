@@ -6,6 +6,7 @@ import paddle
 from paddle import nn
 from paddle.nn import functional as F
 
+from backends.paddle.prune import apply_masks
 from common.recipe import OptimizerConfig
 
 
@@ -37,6 +38,7 @@ class Trainer:
         loss.backward()
         self.optimizer.step()
         self.optimizer.clear_grad(set_to_zero=False)
+        apply_masks(self.model)  # pruned weights stay exactly zero (weight decay, momentum)
         return float(loss)
 
 

@@ -10,7 +10,7 @@ import torch
 import torchvision
 
 from backends.base import ExportedArtifact
-from backends.torch import distill, export, measure, models, train, weights
+from backends.torch import distill, export, measure, models, prune, train, weights
 from common.errors import SlimbenchError
 from common.recipe import ModelConfig, OptimizerConfig
 
@@ -65,18 +65,39 @@ class TorchBackend:
         train.recalibrate_bn(model, batches, self.device)
 
     def save_checkpoint(self, model: torch.nn.Module, path: Path) -> None:
+        """Canonical (effective) state plus pruning masks: loads into a freshly built model."""
+        data = {"state": {k: torch.from_numpy(v) for k, v in weights.state_to_numpy(model).items()},
+                "masks": {k: torch.from_numpy(v) for k, v in prune.get_masks(model).items()}}
         tmp = path.with_name(path.name + ".tmp")
-        torch.save(model.state_dict(), tmp)
+        torch.save(data, tmp)
         tmp.replace(path)
 
     def load_checkpoint(self, model: torch.nn.Module, path: Path) -> None:
-        model.load_state_dict(torch.load(path, map_location=self.device, weights_only=True))
+        data = torch.load(path, map_location="cpu", weights_only=True)
+        weights.load_numpy_state(model, {k: v.numpy() for k, v in data["state"].items()})
+        if data["masks"]:
+            prune.set_masks(model, {k: v.numpy() for k, v in data["masks"].items()})
+
+    def prunable(self, model: torch.nn.Module) -> dict[str, np.ndarray]:
+        return prune.prunable(model)
+
+    def head_name(self, model: torch.nn.Module) -> str:
+        return prune.head_name(model)
+
+    def set_masks(self, model: torch.nn.Module, masks: dict[str, np.ndarray]) -> None:
+        prune.set_masks(model, masks)
+
+    def get_masks(self, model: torch.nn.Module) -> dict[str, np.ndarray]:
+        return prune.get_masks(model)
+
+    def pruning_lowering(self) -> str:
+        return prune.LOWERING
 
     def checkpoint_suffix(self) -> str:
         return ".pt"
 
     def export(self, model: torch.nn.Module, example: np.ndarray, out_dir: Path) -> ExportedArtifact:
-        return export.export_model(model, example, out_dir)
+        return export.export_model(prune.without_reparametrization(model), example, out_dir)
 
     def load_artifact(self, artifact: ExportedArtifact, threads: int):
         torch.set_num_threads(threads)

@@ -8,6 +8,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from backends.base import ExportedArtifact
+from common.pruning import sparsity_of
 
 RUNTIME = "PyTorch eager (torch.export program .module(), inference_mode)"
 
@@ -34,5 +35,7 @@ def artifact_stats(artifact: ExportedArtifact, input_shape: tuple[int, ...], dev
     with torch.inference_mode(), counter:
         module(torch.zeros(input_shape, device=device))
     flops = int(counter.get_total_flops())
-    return {"params": int(params), "macs": flops // 2, "flops": flops,
+    weights = {name: program.state_dict[name].detach().cpu().numpy() for name in sig.parameters
+               if program.state_dict[name].dim() >= 2}  # conv and linear weights
+    return {"params": int(params), "macs": flops // 2, "flops": flops, "sparsity": sparsity_of(weights),
             "counted_by": "torch.utils.flop_counter on the exported program (conv + matmul)"}

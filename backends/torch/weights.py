@@ -7,8 +7,16 @@ from torch import nn
 
 
 def state_to_numpy(model: nn.Module) -> dict[str, np.ndarray]:
-    return {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()
-            if not k.endswith("num_batches_tracked")}
+    """Canonical state; a pruned weight (weight_orig + weight_mask) is given as its effective value."""
+    sd = model.state_dict()
+    out = {}
+    for k, v in sd.items():
+        if k.endswith("num_batches_tracked") or k.endswith("_mask"):
+            continue
+        if k.endswith("_orig"):
+            k, v = k[: -len("_orig")], v * sd[k[: -len("_orig")] + "_mask"]
+        out[k] = v.detach().cpu().numpy().copy()
+    return out
 
 
 def load_numpy_state(model: nn.Module, state: dict[str, np.ndarray]) -> None:
