@@ -85,13 +85,19 @@ def pruned_layer_sparsity(layers: dict[str, dict], pruned: list[str]) -> float |
     return sum(v["zeros"] for v in chosen) / sum(v["size"] for v in chosen)
 
 
-def select_layers(names: list[str], skip: tuple[str, ...], head: str, source: str, path: str) -> list[str]:
-    """Prunable layers minus those skipped; an unknown skip name is a recipe error naming the known ones."""
+def is_depthwise(weight_shape: tuple[int, ...]) -> bool:
+    """A depthwise conv weight: [C, 1, k, k] with C > 1 (one input channel per group)."""
+    return len(weight_shape) == 4 and weight_shape[1] == 1 and weight_shape[0] > 1
+
+
+def select_layers(names: list[str], skip: tuple[str, ...], head: str, source: str, path: str,
+                  depthwise: tuple[str, ...] = ()) -> list[str]:
+    """Prunable layers minus those skipped (named, the head, depthwise); unknown skip names are recipe errors."""
     from common.errors import RecipeError
     known = {n.rsplit(".weight", 1)[0]: n for n in names}
     for s in skip:
         if s not in known:
             raise RecipeError(source, path, "layer names among the prunable layers (" +
                               ", ".join(list(known)[:6]) + f", ... {len(known)} in all)", s)
-    drop = {known[s] for s in skip} | ({head} if head else set())
+    drop = {known[s] for s in skip} | ({head} if head else set()) | set(depthwise)
     return [n for n in names if n not in drop]

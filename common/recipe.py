@@ -133,6 +133,9 @@ class PruneStage:
     schedule: Literal["one_shot", "agp"] = "one_shot"
     skip_layers: tuple[str, ...] = ()
     prune_head: bool = False  # a global threshold otherwise removes MobileNetV2's whole classifier (DESIGN.md 5)
+    # Depthwise convs ([C, 1, k, k]) hold few weights of small magnitude: a global threshold empties them
+    # and disconnects the network (MobileNetV2 at 80% falls to chance), so they stay dense by default.
+    skip_depthwise: bool = True
     # agp only: the sparsity ramps from initial_sparsity to sparsity while training for `epochs`
     initial_sparsity: float = field(default=0.0, metadata=bounds(ge=0, lt=1))
     epochs: int = field(default=1, metadata=bounds(gt=0))

@@ -20,7 +20,7 @@ from common.data import BatchStream
 from common.errors import TrainingDiverged
 from common.metrics import classification_metrics, latency_summary, logit_difference, time_calls
 from common.progress import Progress
-from common.pruning import (agp_sparsity, magnitude_masks, name_artifact_layers, prune_steps, pruned_layer_sparsity,
+from common.pruning import (agp_sparsity, is_depthwise, magnitude_masks, name_artifact_layers, prune_steps, pruned_layer_sparsity,
                             select_layers, sparsity_of)
 from common.recipe import (DistillStage, EvaluateStage, ExportStage, ModelConfig, OptimizerConfig, PruneStage, Recipe,
                            ScheduleConfig, Stage, TrainStage)
@@ -152,9 +152,12 @@ def run_prune(ctx: RunContext, stage: Stage) -> dict[str, Any]:
     cfg: PruneStage = stage.config
     out = cfg.output or cfg.model
     model = ctx.output_model(cfg.model, out)
-    names = list(ctx.backend.prunable(model))
+    weights = ctx.backend.prunable(model)
+    names = list(weights)
     head = "" if cfg.prune_head else ctx.backend.head_name(model)
-    layers = select_layers(names, cfg.skip_layers, head, ctx.recipe.source, f"{ctx.stage_key(stage)}.skip_layers")
+    depthwise = tuple(n for n, w in weights.items() if is_depthwise(w.shape)) if cfg.skip_depthwise else ()
+    layers = select_layers(names, cfg.skip_layers, head, ctx.recipe.source, f"{ctx.stage_key(stage)}.skip_layers",
+                           depthwise)
     curve: list[dict[str, float]] = []
 
     def prune_to(target: float, step: int) -> None:
@@ -168,6 +171,7 @@ def run_prune(ctx: RunContext, stage: Stage) -> dict[str, Any]:
     record: dict[str, Any] = {"model": out, "method": cfg.method, "scope": cfg.scope, "schedule": cfg.schedule,
                               "target_sparsity": cfg.sparsity, "layers_pruned": len(layers),
                               "layers_skipped": [n for n in names if n not in layers],
+                              "depthwise_skipped": len(depthwise),
                               "lowering": ctx.backend.pruning_lowering(), "accuracy_before": before}
     if cfg.schedule == "one_shot":
         prune_to(cfg.sparsity, 0)

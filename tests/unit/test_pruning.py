@@ -83,3 +83,10 @@ def test_bad_prune_settings_are_one_line_errors(key, value, expected):
     with pytest.raises(RecipeError) as e:
         resolve(data, "prune_agp_mobilenet.yaml")
     assert str(e.value) == f"prune_agp_mobilenet.yaml: {expected}"
+
+
+def test_depthwise_layers_are_recognised_by_shape_and_can_be_skipped():
+    from common.pruning import is_depthwise
+    assert is_depthwise((32, 1, 3, 3)) and not is_depthwise((32, 16, 3, 3)) and not is_depthwise((10, 1))
+    layers = select_layers(["a.weight", "dw.weight", "h.weight"], (), "h.weight", "r", "p", ("dw.weight",))
+    assert layers == ["a.weight"]
