@@ -88,3 +88,32 @@ def test_prune_agp_smoke_on_both_backends(tmp_path: Path):
     assert curves[0] == curves[1]
     report = (run / "report.md").read_text()
     assert "## Pruning" in report and "identical on every backend and seed" in report
+
+
+def test_one_shot_local_pruning_then_finetune_keeps_sparsity(tmp_path: Path):
+    """prune (one-shot, local) -> train: the fine-tuning stage keeps the masks; accuracy before/after is recorded."""
+    recipe = tmp_path / "oneshot.yaml"
+    recipe.write_text("""
+name: oneshot
+description: one-shot local magnitude pruning, then fine-tuning
+seeds: [0]
+data: {dataset: synthetic, image_size: 16, synthetic_samples: 320, batch_size: 32, eval_batch_size: 64}
+models: {net: {arch: tiny_cnn}}
+stages:
+  - train: {name: train, model: net, epochs: 2, optimizer: {name: adamw, lr: 0.02}}
+  - prune: {name: prune, model: net, output: sparse, sparsity: 0.5, scope: local, schedule: one_shot}
+  - train: {name: finetune, model: sparse, epochs: 1, optimizer: {name: adamw, lr: 0.005}}
+  - export: {name: export, models: [net, sparse], measure: {batch_sizes: [1], warmup: 1, repeats: 2}}
+""")
+    p = cli("run-recipe", str(recipe), "--out", str(tmp_path / "runs"))
+    assert p.returncode == 0, p.stdout + p.stderr
+    run = next((tmp_path / "runs" / "oneshot").iterdir())
+    for b in ("torch", "paddle"):
+        r = json.loads((run / b / "seed-0" / "result.json").read_text())
+        prune = r["stages"][1]
+        assert prune["accuracy_after_prune"]["top1"] <= prune["accuracy_before"]["top1"] + 0.05
+        sparse = r["stages"][3]["models"]["sparse"]["sparsity"]
+        # local scope: every pruned layer at 50% in the exported weights, after fine-tuning
+        for name in ("features.0.weight", "features.3.weight"):
+            assert abs(sparse["layers"][name]["sparsity"] - 0.5) < 0.01
+        assert r["stages"][3]["models"]["net"]["sparsity"]["overall"] == 0.0  # the source slot stays dense
