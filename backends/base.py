@@ -79,8 +79,12 @@ class Backend(Protocol):
 
     def get_masks(self, model: Any) -> dict[str, np.ndarray]: ...
 
-    def pruning_lowering(self) -> str:
-        """How masks are realised in this framework (recorded in results)."""
+    def pruning_lowering(self, method: str = "magnitude", criterion: str = "l1") -> str:
+        """How pruning is realised in this framework (recorded in results)."""
+
+    def prune_filters(self, model: Any, criterion: str, ratio: float | None, layer_ratios: dict[str, float],
+                      skip: list[str], example_shape: tuple[int, ...]) -> dict[str, list[int]]:
+        """Physically remove output channels (coupled layers follow); return removed indices per conv module."""
 
     def save_checkpoint(self, model: Any, path: Path) -> None: ...
 

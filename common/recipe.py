@@ -123,12 +123,16 @@ class DistillStage:
 
 @dataclass(frozen=True)
 class PruneStage:
-    """Unstructured magnitude pruning: one-shot, or gradual (AGP) while fine-tuning."""
+    """`magnitude`: unstructured, one-shot or gradual (AGP) while fine-tuning.
+    `filter`: structured, removes output channels for real (one-shot; fine-tune with a following train stage)."""
     name: str
     model: str
-    sparsity: float = field(metadata=bounds(ge=0, lt=1))
     output: str | None = None
-    method: Literal["magnitude"] = "magnitude"
+    method: Literal["magnitude", "filter"] = "magnitude"
+    sparsity: float | None = field(default=None, metadata=bounds(ge=0, lt=1))  # magnitude: share of weights zeroed
+    criterion: Literal["l1", "l2", "fpgm"] = "l1"  # filter: how filters are ranked
+    ratio: float | None = field(default=None, metadata=bounds(ge=0, lt=1))  # filter: share of channels per layer
+    layer_ratios: dict[str, float] = field(default_factory=dict)  # filter: per-layer overrides (module names)
     scope: Literal["local", "global"] = "global"
     schedule: Literal["one_shot", "agp"] = "one_shot"
     skip_layers: tuple[str, ...] = ()
@@ -463,9 +467,8 @@ def validate(data: dict, source: str, profile: str) -> Recipe:
                     key = f"{spath}.{stype}.{fname}" + (f"[{j}]" if fname == "models" else "")
                     raise RecipeError(source, key, f"a model defined in `models` or produced by an earlier stage "
                                       f"({', '.join(sorted(slots))})", ref)
-        if stype == "prune" and cfg.initial_sparsity > cfg.sparsity:
-            raise RecipeError(source, f"{spath}.prune.initial_sparsity",
-                              f"a value <= sparsity ({cfg.sparsity})", cfg.initial_sparsity)
+        if stype == "prune":
+            _check_prune(cfg, source, f"{spath}.prune")
         slots.update(cfg.outputs())
         stages.append(Stage(stype, cfg))
     seeds = convert(tuple[int, ...], data.get("seeds", [0, 1, 2]), source, "seeds", {"nonempty": True})
@@ -478,6 +481,25 @@ def validate(data: dict, source: str, profile: str) -> Recipe:
     raw = copy.deepcopy(data)
     return Recipe(name=name, description=description, data=dcfg, models=models, stages=tuple(stages), seeds=seeds,
                   reference_framework=ref, runtime=runtime, parity=parity, profile=profile, source=source, raw=raw)
+
+
+def _check_prune(cfg: PruneStage, source: str, path: str) -> None:
+    """Settings that depend on the method."""
+    if cfg.method == "magnitude":
+        if cfg.sparsity is None:
+            raise RecipeError(source, f"{path}.sparsity", "a number in [0, 1) for method 'magnitude'", None)
+        if cfg.initial_sparsity > cfg.sparsity:
+            raise RecipeError(source, f"{path}.initial_sparsity", f"a value <= sparsity ({cfg.sparsity})",
+                              cfg.initial_sparsity)
+        return
+    if cfg.ratio is None and not cfg.layer_ratios:
+        raise RecipeError(source, f"{path}.ratio", "a number in [0, 1) (or layer_ratios) for method 'filter'", None)
+    if cfg.schedule != "one_shot":
+        raise RecipeError(source, f"{path}.schedule", "'one_shot' for method 'filter' (fine-tune with a train stage)",
+                          cfg.schedule)
+    for layer, ratio in cfg.layer_ratios.items():
+        if not 0 <= ratio < 1:
+            raise RecipeError(source, f"{path}.layer_ratios.{layer}", "a number >= 0 and < 1", ratio)
 
 
 def recipe_to_dict(recipe: Recipe) -> dict:

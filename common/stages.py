@@ -17,7 +17,7 @@ import numpy as np
 
 from backends.base import Backend, StepRunner
 from common.data import BatchStream
-from common.errors import TrainingDiverged
+from common.errors import RecipeError, TrainingDiverged
 from common.metrics import classification_metrics, latency_summary, logit_difference, time_calls
 from common.progress import Progress
 from common.pruning import (agp_sparsity, is_depthwise, magnitude_masks, name_artifact_layers, prune_steps, pruned_layer_sparsity,
@@ -38,6 +38,9 @@ class RunContext:
     progress: Progress
     models: dict[str, Any] = field(default_factory=dict)
     model_cfgs: dict[str, ModelConfig] = field(default_factory=dict)
+    # Structural edits (filter pruning) per slot: re-applied to a fresh model to rebuild its architecture,
+    # since a pruned state does not fit a freshly built model in either framework.
+    structure: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
     def stage_key(self, stage: Stage) -> str:
         """Key path of a stage in the recipe (`stages[2].distill`), for error messages."""
@@ -51,13 +54,26 @@ class RunContext:
         """The model a stage will modify: the source itself, or a copy when the output is a new slot."""
         if dst == src:
             return self.models[src]
-        clone = self.backend.build_model(self.model_cfgs[src], self.num_classes)
+        clone = self.build(src)
         self.backend.load_numpy_state(clone, self.backend.state_to_numpy(self.models[src]))
         masks = self.backend.get_masks(self.models[src])
         if masks:  # a pruned model stays pruned in its copy (fine-tuning keeps the masks)
             self.backend.set_masks(clone, masks)
         self.models[dst], self.model_cfgs[dst] = clone, self.model_cfgs[src]
+        self.structure[dst] = list(self.structure.get(src, []))
         return clone
+
+    def build(self, slot: str) -> Any:
+        """A fresh model with the slot's architecture, structural edits included (weights not loaded)."""
+        model = self.backend.build_model(self.model_cfgs[slot], self.num_classes)
+        for edit in self.structure.get(slot, []):
+            self.backend.prune_filters(model, **edit)
+        return model
+
+    def apply_structure(self, slot: str, edit: dict[str, Any]) -> dict[str, list[int]]:
+        removed = self.backend.prune_filters(self.models[slot], **edit)
+        self.structure.setdefault(slot, []).append(edit)
+        return removed
 
 
 def compressed_size(files: list[Path]) -> int:
@@ -168,6 +184,8 @@ def run_prune(ctx: RunContext, stage: Stage) -> dict[str, Any]:
         curve.append({"step": step, "target": target, "achieved": achieved})
 
     before = classification_metrics(*evaluate_logits(ctx.backend, model, ctx.stream))
+    if cfg.method == "filter":
+        return _prune_filters(ctx, stage, out, names, head, before)
     record: dict[str, Any] = {"model": out, "method": cfg.method, "scope": cfg.scope, "schedule": cfg.schedule,
                               "target_sparsity": cfg.sparsity, "layers_pruned": len(layers),
                               "layers_skipped": [n for n in names if n not in layers],
@@ -194,9 +212,38 @@ def run_prune(ctx: RunContext, stage: Stage) -> dict[str, Any]:
         record["ramp_end_step"] = end
         ctx.progress.say(f"{stage.name}: {out} at {curve[-1]['achieved'] * 100:.1f}% sparsity after AGP "
                          f"({len(curve)} mask updates over {end} steps)")
+    record["source"] = cfg.model
     record["achieved_sparsity"] = curve[-1]["achieved"]
     record["sparsity_curve"] = curve
     return record
+
+
+def _prune_filters(ctx: RunContext, stage: Stage, out: str, names: list[str], head: str,
+                   before: dict[str, float]) -> dict[str, Any]:
+    """Structured pruning: the backend's own tool removes channels; params are counted before and after."""
+    cfg: PruneStage = stage.config
+    modules = [n.rsplit(".weight", 1)[0] for n in names]
+    for layer in cfg.layer_ratios:
+        if layer not in modules:
+            raise RecipeError(ctx.recipe.source, f"{ctx.stage_key(stage)}.layer_ratios.{layer}",
+                              f"a prunable layer name ({', '.join(modules[:6])}, ... {len(modules)} in all)",
+                              has_got=False)
+    skip = list(cfg.skip_layers) + ([head.rsplit(".weight", 1)[0]] if head else [])
+    size = ctx.recipe.data.image_size
+    edit = {"criterion": cfg.criterion, "ratio": cfg.ratio, "layer_ratios": dict(cfg.layer_ratios), "skip": skip,
+            "example_shape": (1, 3, size, size)}
+    params_before = sum(w.size for w in ctx.backend.prunable(ctx.models[out]).values())
+    removed = ctx.apply_structure(out, edit)
+    params_after = sum(w.size for w in ctx.backend.prunable(ctx.models[out]).values())
+    after = classification_metrics(*evaluate_logits(ctx.backend, ctx.models[out], ctx.stream))
+    ctx.progress.say(f"{stage.name}: {out} lost {sum(map(len, removed.values()))} channels in {len(removed)} convs "
+                     f"({cfg.criterion}); conv+linear weights {params_before} -> {params_after}; top1 "
+                     f"{before['top1'] * 100:.2f}% -> {after['top1'] * 100:.2f}%")
+    return {"model": out, "source": cfg.model, "method": "filter", "criterion": cfg.criterion, "ratio": cfg.ratio,
+            "layer_ratios": dict(cfg.layer_ratios), "schedule": "one_shot", "structure_edit": edit,
+            "lowering": ctx.backend.pruning_lowering("filter", cfg.criterion), "accuracy_before": before,
+            "accuracy_after_prune": after, "weights_before": params_before, "weights_after": params_after,
+            "removed_channels": removed}
 
 
 def run_evaluate(ctx: RunContext, stage: Stage) -> dict[str, Any]:

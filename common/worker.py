@@ -130,6 +130,9 @@ def cmd_run(run_dir: Path, backend_name: str, seed: int, threads: int, resume: b
             current = stage.name
             for dst, src in stage.config.derived_from().items():
                 model = ctx.output_model(src, dst)
+                if record.get("structure_edit"):  # a filter-pruned output: rebuild its architecture first
+                    edit = dict(record["structure_edit"], example_shape=tuple(record["structure_edit"]["example_shape"]))
+                    ctx.apply_structure(dst, edit)
                 backend.load_checkpoint(model, out / record["checkpoints"][dst])
             progress.say(f"{stage.name}: completed earlier" + (", outputs reloaded from checkpoints"
                                                                 if stage.config.derived_from() else ": kept"))

@@ -109,8 +109,15 @@ class PaddleBackend:
     def get_masks(self, model: paddle.nn.Layer) -> dict[str, np.ndarray]:
         return prune.get_masks(model)
 
-    def pruning_lowering(self) -> str:
+    def pruning_lowering(self, method: str = "magnitude", criterion: str = "l1") -> str:
+        if method == "filter":
+            return prune.FILTER_LOWERING.format(cls={"l1": "L1NormFilterPruner", "l2": "L2NormFilterPruner",
+                                                     "fpgm": "FPGMFilterPruner"}[criterion])
         return prune.LOWERING
+
+    def prune_filters(self, model: paddle.nn.Layer, criterion: str, ratio: float | None, layer_ratios: dict[str, float],
+                      skip: list[str], example_shape: tuple[int, ...]) -> dict[str, list[int]]:
+        return prune.prune_filters(model, criterion, ratio, layer_ratios, skip, example_shape)
 
     def export(self, model: paddle.nn.Layer, example: np.ndarray, out_dir: Path) -> ExportedArtifact:
         return export.export_model(model, example, out_dir)

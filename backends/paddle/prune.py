@@ -63,3 +63,29 @@ def get_masks(model: nn.Layer) -> dict[str, np.ndarray]:
     store = getattr(model, _ATTR, None) or {}
     layers = _layers(model)
     return {n: (t.numpy().T if isinstance(layers[n], nn.Linear) else t.numpy()).astype(bool) for n, t in store.items()}
+
+
+FILTER_LOWERING = "PaddleSlim {cls}.prune_vars (axis 0): coupled channels removed physically"
+
+
+def prune_filters(model: nn.Layer, criterion: str, ratio: float | None, layer_ratios: dict[str, float],
+                  skip: list[str], example_shape: tuple[int, ...]) -> dict[str, list[int]]:
+    """Remove output channels for real with PaddleSlim's filter pruners; return removed indices per conv."""
+    from paddleslim.dygraph import FPGMFilterPruner, L1NormFilterPruner, L2NormFilterPruner
+    cls = {"l1": L1NormFilterPruner, "l2": L2NormFilterPruner, "fpgm": FPGMFilterPruner}[criterion]
+    by_layer = {n: m for n, m in model.named_sublayers() if isinstance(m, nn.Conv2D)}
+    internal = {m.weight.name: n for n, m in by_layer.items()}
+    ratios = {m.weight.name: layer_ratios.get(n, ratio or 0.0) for n, m in by_layer.items()
+              if n not in skip and layer_ratios.get(n, ratio or 0.0) > 0}
+    was_training = model.training
+    model.eval()
+    plan = cls(model, list(example_shape)).prune_vars(ratios, axis=0)
+    if was_training:
+        model.train()
+    removed: dict[str, list[int]] = {}
+    for var, masks in plan._masks.items():  # PaddleSlim keeps no public accessor for the masks it applied
+        if var in internal:
+            for mask in masks:
+                if mask.dims == 0:
+                    removed[internal[var]] = [int(i) for i in np.flatnonzero(np.asarray(mask.mask) == 0)]
+    return removed

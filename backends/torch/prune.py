@@ -63,3 +63,32 @@ def without_reparametrization(model: nn.Module) -> nn.Module:
         if hasattr(m, "weight_mask"):
             prune.remove(m, "weight")
     return clean
+
+
+FILTER_LOWERING = "torch-pruning (DepGraph) MagnitudePruner: coupled channels removed physically"
+
+
+def prune_filters(model: nn.Module, criterion: str, ratio: float | None, layer_ratios: dict[str, float],
+                  skip: list[str], example_shape: tuple[int, ...]) -> dict[str, list[int]]:
+    """Remove output channels for real with torch-pruning; return the removed channel indices per conv."""
+    import torch_pruning as tp  # only needed for structured pruning
+    # group_reduction="first": rank channels by the pruned conv's own filters, as PaddleSlim's filter pruners do
+    # (torch-pruning's default averages normalized scores over every coupled layer and picks other filters).
+    importance = {"l1": lambda: tp.importance.GroupMagnitudeImportance(p=1, group_reduction="first", normalizer=None),
+                  "l2": lambda: tp.importance.GroupMagnitudeImportance(p=2, group_reduction="first", normalizer=None),
+                  "fpgm": lambda: tp.importance.FPGMImportance(p=2, group_reduction="first", normalizer=None),
+                  }[criterion]()
+    modules = dict(model.named_modules())
+    device = next(model.parameters()).device
+    pruner = tp.pruner.MagnitudePruner(
+        model, torch.zeros(example_shape, device=device), importance=importance, pruning_ratio=ratio or 0.0,
+        pruning_ratio_dict={modules[n]: r for n, r in layer_ratios.items()},
+        ignored_layers=[modules[n] for n in skip])
+    removed: dict[str, list[int]] = {}
+    for group in pruner.step(interactive=True):
+        for dep, idxs in group:
+            if isinstance(dep.target.module, nn.Conv2d) and dep.handler.__name__ == "prune_out_channels":
+                name = dep.target.name.split(" (")[0]
+                removed[name] = sorted(int(i) for i in idxs)
+        group.prune()
+    return removed

@@ -74,7 +74,8 @@ def _prune_recipe() -> dict:
     ("sparsity", 1.0, "stages[1].prune.sparsity: expected a number >= 0 and < 1, got 1.0"),
     ("sparsity", -0.1, "stages[1].prune.sparsity: expected a number >= 0 and < 1, got -0.1"),
     ("scope", "everywhere", "stages[1].prune.scope: expected one of 'local', 'global', got \"everywhere\""),
-    ("method", "l1", "stages[1].prune.method: expected one of 'magnitude', got \"l1\""),
+    ("method", "l1", "stages[1].prune.method: expected one of 'magnitude', 'filter', got \"l1\""),
+    ("criterion", "l3", "stages[1].prune.criterion: expected one of 'l1', 'l2', 'fpgm', got \"l3\""),
     ("initial_sparsity", 0.9, "stages[1].prune.initial_sparsity: expected a value <= sparsity (0.8), got 0.9"),
 ])
 def test_bad_prune_settings_are_one_line_errors(key, value, expected):
@@ -90,3 +91,21 @@ def test_depthwise_layers_are_recognised_by_shape_and_can_be_skipped():
     assert is_depthwise((32, 1, 3, 3)) and not is_depthwise((32, 16, 3, 3)) and not is_depthwise((10, 1))
     layers = select_layers(["a.weight", "dw.weight", "h.weight"], (), "h.weight", "r", "p", ("dw.weight",))
     assert layers == ["a.weight"]
+
+
+@pytest.mark.parametrize("patch,expected", [
+    ({"method": "filter", "schedule": "one_shot"},
+     "stages[1].prune.ratio: expected a number in [0, 1) (or layer_ratios) for method 'filter', got None"),
+    ({"method": "filter", "ratio": 0.3}, "stages[1].prune.schedule: expected 'one_shot' for method 'filter' "
+                                         "(fine-tune with a train stage), got \"agp\""),
+    ({"method": "filter", "ratio": 1.0, "schedule": "one_shot"},
+     "stages[1].prune.ratio: expected a number >= 0 and < 1, got 1.0"),
+    ({"method": "filter", "schedule": "one_shot", "layer_ratios": {"features.3": 1.5}},
+     "stages[1].prune.layer_ratios.features.3: expected a number >= 0 and < 1, got 1.5"),
+])
+def test_bad_filter_settings_are_one_line_errors(patch, expected):
+    data = _prune_recipe()
+    data["stages"][1]["prune"].update(patch)
+    with pytest.raises(RecipeError) as e:
+        resolve(data, "prune_agp_mobilenet.yaml")
+    assert str(e.value) == f"prune_agp_mobilenet.yaml: {expected}"
