@@ -131,6 +131,9 @@ class PruneStage:
     method: Literal["magnitude", "filter"] = "magnitude"
     sparsity: float | None = field(default=None, metadata=bounds(ge=0, lt=1))  # magnitude: share of weights zeroed
     criterion: Literal["l1", "l2", "fpgm"] = "l1"  # filter: how filters are ranked
+    # Prune the reference framework's trained weights on every backend (loaded from its canonical checkpoint),
+    # so both backends prune the same model; false: each prunes the model it trained itself.
+    start_from_reference: bool = True
     ratio: float | None = field(default=None, metadata=bounds(ge=0, lt=1))  # filter: share of channels per layer
     layer_ratios: dict[str, float] = field(default_factory=dict)  # filter: per-layer overrides (module names)
     scope: Literal["local", "global"] = "global"

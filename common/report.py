@@ -315,6 +315,9 @@ def _pruning_section(ix: _Index) -> str:
                    + ("identical on every backend and seed.\n" if same else "**different between runs**.\n"))
     out += [f"- {BACKEND_TITLES.get(k.split()[0], k.split()[0])} {k.split()[1]} pruning: {lw}.\n"
             for k, lw in lowerings.items()]
+    starts = {f"{BACKEND_TITLES.get(b, b)}: {st.get('start_weights', 'own trained weights')}"
+              for b in ix.backends for _, st in ix.stage_records(b, "prune")}
+    out.append("- Pruning started from " + "; ".join(sorted(starts)) + ".\n")
     out.append(_filter_overlap(ix))
     if any(not k.endswith(" filter") for k in lowerings):
         out.append("- Unstructured sparsity is counted from the exported weights. Dense kernels run zeros like any "

@@ -87,7 +87,9 @@ def _mark_crashed(result_path: Path, code: int, backend: str, seed: int) -> None
 
 
 def run_recipe(recipe: Recipe, backends: list[str], out: Path, command: str, threads: int) -> RunOutcome:
-    """A new run in a fresh directory."""
+    """A new run in a fresh directory. The reference framework runs first for each seed: later backends may
+    start a stage from its trained weights (prune's start_from_reference)."""
+    backends = sorted(backends, key=lambda b: b != recipe.reference_framework)
     run_dir = new_run_dir(out, recipe.name)
     atomic_write_json(run_dir / "run.json", {
         "recipe": recipe.raw, "recipe_source": recipe.source, "recipe_name": recipe.name,

@@ -17,7 +17,7 @@ import numpy as np
 
 from backends.base import Backend, StepRunner
 from common.data import BatchStream
-from common.errors import RecipeError, TrainingDiverged
+from common.errors import RecipeError, SlimbenchError, TrainingDiverged
 from common.metrics import classification_metrics, latency_summary, logit_difference, time_calls
 from common.progress import Progress
 from common.pruning import (agp_sparsity, is_depthwise, magnitude_masks, name_artifact_layers, prune_steps, pruned_layer_sparsity,
@@ -168,6 +168,7 @@ def run_prune(ctx: RunContext, stage: Stage) -> dict[str, Any]:
     cfg: PruneStage = stage.config
     out = cfg.output or cfg.model
     model = ctx.output_model(cfg.model, out)
+    start = _start_from_reference(ctx, stage, model) if cfg.start_from_reference else "own trained weights"
     weights = ctx.backend.prunable(model)
     names = list(weights)
     head = "" if cfg.prune_head else ctx.backend.head_name(model)
@@ -185,12 +186,13 @@ def run_prune(ctx: RunContext, stage: Stage) -> dict[str, Any]:
 
     before = classification_metrics(*evaluate_logits(ctx.backend, model, ctx.stream))
     if cfg.method == "filter":
-        return _prune_filters(ctx, stage, out, names, head, before)
+        return dict(_prune_filters(ctx, stage, out, names, head, before), start_weights=start)
     record: dict[str, Any] = {"model": out, "method": cfg.method, "scope": cfg.scope, "schedule": cfg.schedule,
                               "target_sparsity": cfg.sparsity, "layers_pruned": len(layers),
                               "layers_skipped": [n for n in names if n not in layers],
                               "depthwise_skipped": len(depthwise),
-                              "lowering": ctx.backend.pruning_lowering(), "accuracy_before": before}
+                              "lowering": ctx.backend.pruning_lowering(), "accuracy_before": before,
+                              "start_weights": start}
     if cfg.schedule == "one_shot":
         prune_to(cfg.sparsity, 0)
         record["accuracy_after_prune"] = classification_metrics(*evaluate_logits(ctx.backend, model, ctx.stream))
@@ -216,6 +218,24 @@ def run_prune(ctx: RunContext, stage: Stage) -> dict[str, Any]:
     record["achieved_sparsity"] = curve[-1]["achieved"]
     record["sparsity_curve"] = curve
     return record
+
+
+def _start_from_reference(ctx: RunContext, stage: Stage, model: Any) -> str:
+    """Load the reference backend's trained weights of the stage's input slot (same seed, same run)."""
+    ref, src = ctx.recipe.reference_framework, stage.config.model
+    if ctx.backend.name == ref:
+        return f"own trained weights ({ref} is the reference)"
+    path = ctx.out_dir.parent.parent / ref / ctx.out_dir.name / "checkpoints" / f"{src}.npz"
+    if not path.is_file():
+        raise SlimbenchError(f"stage '{stage.name}': start_from_reference needs {path}, the {ref} run's weights of "
+                             f"'{src}' (run {ref} in the same run first, e.g. --backend all), or set "
+                             f"{ctx.stage_path(stage)}.start_from_reference: false")
+    if ctx.backend.get_masks(model) or ctx.structure.get(src):
+        raise SlimbenchError(f"stage '{stage.name}': start_from_reference applies to unpruned inputs only; "
+                             f"set {ctx.stage_path(stage)}.start_from_reference: false")
+    ctx.backend.load_numpy_state(model, dict(np.load(path)))
+    ctx.progress.say(f"{stage.name}: starts from {ref}'s trained '{src}' weights ({path.name})")
+    return f"{ref}'s trained weights of '{src}'"
 
 
 def _prune_filters(ctx: RunContext, stage: Stage, out: str, names: list[str], head: str,

@@ -150,6 +150,10 @@ def cmd_run(run_dir: Path, backend_name: str, seed: int, threads: int, resume: b
                 ckpt.parent.mkdir(exist_ok=True)
                 backend.save_checkpoint(ctx.models[slot], ckpt)
                 record.setdefault("checkpoints", {})[slot] = str(ckpt.relative_to(out))
+                # Framework-neutral copy: lets another backend start a later stage from these exact weights.
+                tmp = ckpt.with_name(f".{slot}.tmp.npz")
+                np.savez(tmp, **backend.state_to_numpy(ctx.models[slot]))
+                tmp.replace(ckpt.with_name(f"{slot}.npz"))
             res.flush()
         res.data["status"] = "ok"
         return_code = 0

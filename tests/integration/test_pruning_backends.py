@@ -76,6 +76,8 @@ def test_prune_agp_smoke_on_both_backends(tmp_path: Path):
     run = next((tmp_path / "prune_agp_mobilenet").iterdir())
     res = {b: json.loads((run / b / "seed-0" / "result.json").read_text()) for b in ("torch", "paddle")}
     curves = []
+    assert res["torch"]["stages"][1]["accuracy_before"]["loss"] == pytest.approx(
+        res["paddle"]["stages"][1]["accuracy_before"]["loss"], rel=1e-4)  # both prune torch's trained weights
     for b, r in res.items():
         prune = r["stages"][1]
         assert prune["layers_skipped"] == ["classifier.weight"]
@@ -165,6 +167,7 @@ def test_prune_filter_smoke_on_both_backends_and_resume_rebuilds_the_pruned_arch
         r = json.loads(path.read_text())
         prune = r["stages"][1]
         assert prune["method"] == "filter" and prune["weights_after"] < prune["weights_before"]
+        assert prune["start_weights"].startswith("torch's trained weights" if b == "paddle" else "own trained")
         ex = r["stages"][4]["models"]
         assert ex["pruned"]["macs"] < 0.5 * ex["dense"]["macs"]  # 50% of channels in both convs
         assert ex["pruned"]["size_bytes"] < ex["dense"]["size_bytes"]
@@ -176,4 +179,8 @@ def test_prune_filter_smoke_on_both_backends_and_resume_rebuilds_the_pruned_arch
         r = json.loads((run / b / "seed-0" / "result.json").read_text())
         assert r["status"] == "ok" and r["resumed_stages"] == ["train_dense", "prune_l1", "finetune"]
         assert r["stages"][4]["models"]["pruned"]["macs"] < 0.5 * r["stages"][4]["models"]["dense"]["macs"]
-    assert "removed filters overlap" in (run / "report.md").read_text()
+    report = (run / "report.md").read_text()
+    assert "removed filters overlap 100.0%" in report  # same trained weights, no residual coupling in tiny_cnn
+    torch_r, paddle_r = (json.loads((run / b / "seed-0" / "result.json").read_text()) for b in ("torch", "paddle"))
+    assert torch_r["stages"][1]["accuracy_before"]["loss"] == pytest.approx(
+        paddle_r["stages"][1]["accuracy_before"]["loss"], rel=1e-4)
