@@ -345,11 +345,13 @@ def _filter_overlap(ix: _Index) -> str:
         common_layers = sorted(set(ra) & set(rb))
         inter = sum(len(set(ra[k]) & set(rb[k])) for k in common_layers)
         union = sum(len(set(ra[k]) | set(rb[k])) for k in common_layers)
+        same_start = "trained weights of" in (st.get("start_weights", "") + other.get("start_weights", ""))
+        why = ("Both pruned the same (reference) weights, so the difference is how the tools treat coupled layers: "
+               if same_start else "Trained weights drift apart between frameworks, and ")
         lines.append(f"- `{st['name']}` seed {seed}: {len(common_layers)} convs pruned on both "
                      f"({len(ra)} by {BACKEND_TITLES.get(a, a)}, {len(rb)} by {BACKEND_TITLES.get(b, b)}); removed "
-                     f"filters overlap {inter / max(union, 1) * 100:.1f}% (intersection over union). Trained weights "
-                     "drift apart between frameworks, and in residual-coupled groups the tools rank channels by "
-                     "different member convs (torch-pruning: the group's root, e.g. the downsample conv; PaddleSlim: "
+                     f"filters overlap {inter / max(union, 1) * 100:.1f}% (intersection over union). " + why +
+                     "in residual-coupled groups the tools rank channels by different member convs (torch-pruning: the group's root, e.g. the downsample conv; PaddleSlim: "
                      "the conv it was asked to prune first). On identical weights, convs without coupling lose "
                      "the same filters in both (tests/integration/test_pruning_backends.py).\n")
     return "".join(lines)
