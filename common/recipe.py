@@ -74,16 +74,10 @@ class ScheduleConfig:
     min_lr: float = field(default=0.0, metadata=bounds(ge=0))
 
 
-@dataclass(frozen=True)
-class TrainStage:
-    name: str
+class _OneModelStage:
+    """Slot bookkeeping for stages that read `model` and write `output` (default: the same slot)."""
     model: str
-    output: str | None = None
-    epochs: int = field(default=1, metadata=bounds(gt=0))
-    optimizer: OptimizerConfig = OptimizerConfig()
-    schedule: ScheduleConfig = ScheduleConfig()
-    # Recompute BN running statistics over this many training batches after the last epoch ("precise BN").
-    bn_recalibration_batches: int = field(default=0, metadata=bounds(ge=0))
+    output: str | None
 
     def outputs(self) -> tuple[str, ...]:
         return (self.output or self.model,)
@@ -94,6 +88,18 @@ class TrainStage:
     def derived_from(self) -> dict[str, str]:
         """output slot -> the input slot whose architecture it has."""
         return {self.output or self.model: self.model}
+
+
+@dataclass(frozen=True)
+class TrainStage(_OneModelStage):
+    name: str
+    model: str
+    output: str | None = None
+    epochs: int = field(default=1, metadata=bounds(gt=0))
+    optimizer: OptimizerConfig = OptimizerConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    # Recompute BN running statistics over this many training batches after the last epoch ("precise BN").
+    bn_recalibration_batches: int = field(default=0, metadata=bounds(ge=0))
 
 
 @dataclass(frozen=True)
@@ -122,7 +128,7 @@ class DistillStage:
 
 
 @dataclass(frozen=True)
-class PruneStage:
+class PruneStage(_OneModelStage):
     """`magnitude`: unstructured, one-shot or gradual (AGP) while fine-tuning.
     `filter`: structured, removes output channels for real (one-shot; fine-tune with a following train stage)."""
     name: str
@@ -151,15 +157,6 @@ class PruneStage:
     optimizer: OptimizerConfig = OptimizerConfig()
     lr_schedule: ScheduleConfig = ScheduleConfig()
     bn_recalibration_batches: int = field(default=0, metadata=bounds(ge=0))
-
-    def outputs(self) -> tuple[str, ...]:
-        return (self.output or self.model,)
-
-    def inputs(self) -> tuple[str, ...]:
-        return (self.model,)
-
-    def derived_from(self) -> dict[str, str]:
-        return {self.output or self.model: self.model}
 
 
 @dataclass(frozen=True)

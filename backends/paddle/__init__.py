@@ -110,10 +110,7 @@ class PaddleBackend:
         return prune.get_masks(model)
 
     def pruning_lowering(self, method: str = "magnitude", criterion: str = "l1") -> str:
-        if method == "filter":
-            return prune.FILTER_LOWERING.format(cls={"l1": "L1NormFilterPruner", "l2": "L2NormFilterPruner",
-                                                     "fpgm": "FPGMFilterPruner"}[criterion])
-        return prune.LOWERING
+        return prune.lowering(method, criterion)
 
     def prune_filters(self, model: paddle.nn.Layer, criterion: str, ratio: float | None, layer_ratios: dict[str, float],
                       skip: list[str], example_shape: tuple[int, ...]) -> dict[str, list[int]]:

@@ -65,14 +65,21 @@ def get_masks(model: nn.Layer) -> dict[str, np.ndarray]:
     return {n: (t.numpy().T if isinstance(layers[n], nn.Linear) else t.numpy()).astype(bool) for n, t in store.items()}
 
 
-FILTER_LOWERING = "PaddleSlim {cls}.prune_vars (axis 0): coupled channels removed physically"
+_FILTER_PRUNERS = {"l1": "L1NormFilterPruner", "l2": "L2NormFilterPruner", "fpgm": "FPGMFilterPruner"}
+
+
+def lowering(method: str, criterion: str) -> str:
+    """How this backend realises a prune stage (recorded in results)."""
+    if method == "filter":
+        return f"PaddleSlim {_FILTER_PRUNERS[criterion]}.prune_vars (axis 0): coupled channels removed physically"
+    return LOWERING
 
 
 def prune_filters(model: nn.Layer, criterion: str, ratio: float | None, layer_ratios: dict[str, float],
                   skip: list[str], example_shape: tuple[int, ...]) -> dict[str, list[int]]:
     """Remove output channels for real with PaddleSlim's filter pruners; return removed indices per conv."""
-    from paddleslim.dygraph import FPGMFilterPruner, L1NormFilterPruner, L2NormFilterPruner
-    cls = {"l1": L1NormFilterPruner, "l2": L2NormFilterPruner, "fpgm": FPGMFilterPruner}[criterion]
+    from paddleslim import dygraph
+    cls = getattr(dygraph, _FILTER_PRUNERS[criterion])
     by_layer = {n: m for n, m in model.named_sublayers() if isinstance(m, nn.Conv2D)}
     internal = {m.weight.name: n for n, m in by_layer.items()}
     ratios = {m.weight.name: layer_ratios.get(n, ratio or 0.0) for n, m in by_layer.items()

@@ -68,6 +68,11 @@ def without_reparametrization(model: nn.Module) -> nn.Module:
 FILTER_LOWERING = "torch-pruning (DepGraph) MagnitudePruner: coupled channels removed physically"
 
 
+def lowering(method: str, criterion: str) -> str:
+    """How this backend realises a prune stage (recorded in results)."""
+    return FILTER_LOWERING if method == "filter" else LOWERING
+
+
 def prune_filters(model: nn.Module, criterion: str, ratio: float | None, layer_ratios: dict[str, float],
                   skip: list[str], example_shape: tuple[int, ...]) -> dict[str, list[int]]:
     """Remove output channels for real with torch-pruning; return the removed channel indices per conv."""
