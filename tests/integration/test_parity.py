@@ -11,24 +11,9 @@ import pytest
 
 from common.metrics import hinton_kd_loss
 from common.recipe import ModelConfig, OptimizerConfig
+from tests.integration.conftest import transfer
 
 pytestmark = [pytest.mark.torch, pytest.mark.paddle]
-
-
-@pytest.fixture(scope="module")
-def backends():
-    from backends.base import load_backend
-    tb, pb = load_backend("torch"), load_backend("paddle")
-    tb.configure(2, "cpu", 0)
-    pb.configure(2, "cpu", 0)
-    return tb, pb
-
-
-def _transfer(tb, pb, arch: str, small: bool = False):
-    cfg = ModelConfig(arch=arch, small_input=small)
-    tm, pm = tb.build_model(cfg, 10), pb.build_model(cfg, 10)
-    pb.load_numpy_state(pm, tb.state_to_numpy(tm))
-    return tm, pm
 
 
 def test_kd_loss_agrees_to_1e6_on_the_same_logits(backends):
@@ -48,7 +33,7 @@ def test_kd_loss_agrees_to_1e6_on_the_same_logits(backends):
                                         ("mobilenet_v3_small", False)])
 def test_weight_transfer_reproduces_logits(backends, arch, small):
     tb, pb = backends
-    tm, pm = _transfer(tb, pb, arch, small)
+    tm, pm = transfer(tb, pb, arch, small)
     x = np.random.default_rng(1).standard_normal((4, 3, 32, 32)).astype(np.float32)
     ref, got = tb.predict(tm, x), pb.predict(pm, x)
     assert np.abs(ref - got).max() / np.abs(ref).max() < 1e-5
@@ -57,7 +42,7 @@ def test_weight_transfer_reproduces_logits(backends, arch, small):
 
 def test_paddle_state_round_trips_to_canonical(backends):
     tb, pb = backends
-    tm, pm = _transfer(tb, pb, "resnet18")
+    tm, pm = transfer(tb, pb, "resnet18")
     a, b = tb.state_to_numpy(tm), pb.state_to_numpy(pm)
     assert a.keys() == b.keys()
     assert all(np.array_equal(a[k], b[k]) for k in a)
@@ -77,7 +62,7 @@ def test_mismatched_state_is_rejected(backends):
 def test_optimizer_steps_match_across_frameworks(backends, opt):
     """Same start, same batches, same learning rates: losses agree step by step (SGD/Momentum, AdamW)."""
     tb, pb = backends
-    tm, pm = _transfer(tb, pb, "tiny_cnn")
+    tm, pm = transfer(tb, pb, "tiny_cnn")
     tt, pt = tb.trainer(tm, opt), pb.trainer(pm, opt)
     rng = np.random.default_rng(0)
     for step in range(4):
@@ -91,7 +76,7 @@ def test_optimizer_steps_match_across_frameworks(backends, opt):
 
 def test_bn_recalibration_matches(backends):
     tb, pb = backends
-    tm, pm = _transfer(tb, pb, "tiny_cnn")
+    tm, pm = transfer(tb, pb, "tiny_cnn")
     batches = [np.random.default_rng(i).standard_normal((8, 3, 16, 16)).astype(np.float32) * (i + 1)
                for i in range(3)]
     tb.recalibrate_bn(tm, iter(batches))
@@ -110,7 +95,7 @@ def test_bn_recalibration_matches(backends):
 @pytest.mark.parametrize("arch", ["tiny_cnn", "mobilenet_v2"])
 def test_exported_artifacts_count_the_same_params_and_macs(backends, arch, tmp_path: Path):
     tb, pb = backends
-    tm, pm = _transfer(tb, pb, arch)
+    tm, pm = transfer(tb, pb, arch)
     x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
     ta, pa = tb.export(tm, x, tmp_path / "t"), pb.export(pm, x, tmp_path / "p")
     ts, ps = tb.artifact_stats(ta, (1, 3, 32, 32)), pb.artifact_stats(pa, (1, 3, 32, 32))

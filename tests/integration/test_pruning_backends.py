@@ -10,31 +10,16 @@ import pytest
 
 from common.pruning import magnitude_masks, name_artifact_layers
 from common.recipe import ModelConfig, OptimizerConfig
+from tests.integration.conftest import transfer
 from tests.integration.test_run_recipe import cli
 
 pytestmark = [pytest.mark.torch, pytest.mark.paddle]
 
 
-@pytest.fixture(scope="module")
-def backends():
-    from backends.base import load_backend
-    tb, pb = load_backend("torch"), load_backend("paddle")
-    tb.configure(2, "cpu", 0)
-    pb.configure(2, "cpu", 0)
-    return tb, pb
-
-
-def _pair(tb, pb, arch: str):
-    cfg = ModelConfig(arch=arch)
-    tm, pm = tb.build_model(cfg, 10), pb.build_model(cfg, 10)
-    pb.load_numpy_state(pm, tb.state_to_numpy(tm))
-    return tm, pm
-
-
 @pytest.mark.parametrize("arch", ["resnet18", "mobilenet_v2"])
 def test_same_weights_give_the_same_masks_and_named_artifact_layers(backends, arch, tmp_path: Path):
     tb, pb = backends
-    tm, pm = _pair(tb, pb, arch)
+    tm, pm = transfer(tb, pb, arch)
     wt, wp = tb.prunable(tm), pb.prunable(pm)
     assert list(wt) == list(wp)
     head = {"resnet18": "fc.weight", "mobilenet_v2": "classifier.1.weight"}[arch]
@@ -51,7 +36,7 @@ def test_same_weights_give_the_same_masks_and_named_artifact_layers(backends, ar
 
 def test_masks_survive_training_and_checkpoints(backends, tmp_path: Path):
     tb, pb = backends
-    tm, pm = _pair(tb, pb, "tiny_cnn")
+    tm, pm = transfer(tb, pb, "tiny_cnn")
     masks = magnitude_masks(tb.prunable(tm), 0.7, "global")
     rng = np.random.default_rng(0)
     for b, m, suffix in ((tb, tm, ".pt"), (pb, pm, ".pdparams")):
@@ -125,7 +110,7 @@ stages:
 def test_filter_pruning_on_identical_weights_cuts_the_same_macs_and_mostly_the_same_filters(backends, arch,
                                                                                            tmp_path: Path):
     tb, pb = backends
-    tm, pm = _pair(tb, pb, arch)
+    tm, pm = transfer(tb, pb, arch)
     head = tb.head_name(tm).rsplit(".weight", 1)[0]
     edit = dict(criterion="l1", ratio=0.3, layer_ratios={}, skip=[head], example_shape=(1, 3, 32, 32))
     x = np.zeros((2, 3, 32, 32), np.float32)
