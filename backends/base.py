@@ -8,14 +8,14 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Protocol
+from typing import Any, Callable, Iterable, Protocol
 
 import numpy as np
 
 from common.errors import BackendUnavailable, UnsupportedStage
-from common.recipe import ModelConfig, OptimizerConfig
+from common.recipe import ModelConfig, OptimizerConfig, QuantizeStage, RuntimeConfig
 
-__all__ = ["Backend", "StepRunner", "ExportedArtifact", "load_backend", "UnsupportedStage"]
+__all__ = ["Backend", "StepRunner", "ExportedArtifact", "QuantizedModel", "load_backend", "UnsupportedStage"]
 
 
 class StepRunner(Protocol):
@@ -37,13 +37,26 @@ class ExportedArtifact:
         return sum(f.stat().st_size for f in self.files)
 
 
+@dataclass
+class QuantizedModel:
+    """An int8 model as deployed: its exported artifact and a predictor on the int8 runtime.
+
+    Both frameworks' int8 paths end in a file (a dygraph model cannot even be called after PaddleSlim
+    saves it), so an int8 slot is its artifact; `predict` is what `evaluate` and the measurements call.
+    """
+    artifact: ExportedArtifact
+    predict: Callable[[np.ndarray], np.ndarray]
+    info: dict[str, Any] = field(default_factory=dict)
+
+
 class Backend(Protocol):
     name: str
 
     def versions(self) -> dict[str, str]: ...
 
-    def configure(self, threads: int, device: str, seed: int) -> dict[str, Any]:
-        """Fix threads, pick the device, seed the framework RNG; return what was chosen (recorded)."""
+    def configure(self, threads: int, device: str, seed: int, runtime: RuntimeConfig | None = None) -> dict[str, Any]:
+        """Fix threads, pick the device, seed the framework RNG, take the training options (amp,
+        channels_last, compile) it supports; return what was chosen and applied (recorded)."""
 
     def build_model(self, cfg: ModelConfig, num_classes: int) -> Any: ...
 
@@ -85,6 +98,25 @@ class Backend(Protocol):
     def prune_filters(self, model: Any, criterion: str, ratio: float | None, layer_ratios: dict[str, float],
                       skip: list[str], example_shape: tuple[int, ...]) -> dict[str, list[int]]:
         """Physically remove output channels (coupled layers follow); return removed indices per conv module."""
+
+    def quantization_lowering(self, cfg: QuantizeStage) -> dict[str, str]:
+        """How this backend realises the quantize stage: tool, engine, weight/activation schemes, calibration."""
+
+    def quantize_static(self, model: Any, cfg: QuantizeStage, calibration: list[np.ndarray], example: np.ndarray,
+                        out_dir: Path, threads: int) -> QuantizedModel:
+        """Post-training static int8: calibrate on the given batches, convert, export, load on the int8 runtime."""
+
+    def quantize_dynamic(self, model: Any, cfg: QuantizeStage, example: np.ndarray, out_dir: Path,
+                         threads: int) -> QuantizedModel: ...
+
+    def prepare_qat(self, model: Any, cfg: QuantizeStage, example: np.ndarray) -> Any:
+        """A trainable fake-quant model (the common loop fine-tunes it with `trainer`)."""
+
+    def convert_qat(self, prepared: Any, cfg: QuantizeStage, example: np.ndarray, out_dir: Path,
+                    threads: int) -> QuantizedModel: ...
+
+    def load_quantized(self, artifact: ExportedArtifact, threads: int) -> QuantizedModel:
+        """Reopen an int8 artifact written earlier (resume)."""
 
     def save_checkpoint(self, model: Any, path: Path) -> None: ...
 

@@ -1,6 +1,7 @@
 """Metrics computed from numpy outputs only, so both backends are scored by the same code."""
 from __future__ import annotations
 
+import math
 import time
 from typing import Callable
 
@@ -80,3 +81,46 @@ def conv_macs(out_shape: tuple[int, ...], weight_shape: tuple[int, ...]) -> int:
 
 def matmul_macs(m: int, k: int, n: int) -> int:
     return m * k * n
+
+
+def mcnemar_exact_p(only_a: int, only_b: int) -> float:
+    """Two-sided exact McNemar test: binomial(n = discordant pairs, 0.5) on the smaller count."""
+    n = only_a + only_b
+    if n == 0:
+        return 1.0
+    k = min(only_a, only_b)
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2.0 ** n
+    return min(1.0, 2.0 * tail)
+
+
+def paired_predictions(pred_a: np.ndarray, pred_b: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """Compare two models' predictions on the same samples (e.g. int8 vs its fp32 parent).
+
+    `diff` is accuracy(b) - accuracy(a) with a 95% normal-approximation interval over the per-sample paired
+    differences; `agreement` is the share of samples where both predict the same class; McNemar's exact
+    test asks whether the samples only one of them gets right are lopsided.
+    """
+    ca, cb = pred_a == labels, pred_b == labels
+    d = cb.astype(np.float64) - ca.astype(np.float64)
+    n = len(d)
+    half = 1.96 * float(d.std(ddof=1)) / math.sqrt(n) if n > 1 else float("nan")
+    only_a, only_b = int((ca & ~cb).sum()), int((cb & ~ca).sum())
+    return {"samples": n, "top1_a": float(ca.mean()), "top1_b": float(cb.mean()), "diff": float(d.mean()),
+            "diff_ci95": [float(d.mean()) - half, float(d.mean()) + half],
+            "agreement": float((pred_a == pred_b).mean()), "changed_predictions": int((pred_a != pred_b).sum()),
+            "only_a_correct": only_a, "only_b_correct": only_b, "mcnemar_p": mcnemar_exact_p(only_a, only_b)}
+
+
+def time_alternating(fns: dict[str, Callable[[], object]], warmup: int, repeats: int) -> dict[str, np.ndarray]:
+    """Seconds per call for several callables timed in alternation (A B A B ...), so that drift in machine
+    load (another process, frequency changes) falls on all of them alike instead of on whichever ran last."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times = {k: np.empty(repeats) for k in fns}
+    for i in range(repeats):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k][i] = time.perf_counter() - t0
+    return times

@@ -160,6 +160,49 @@ class PruneStage(_OneModelStage):
 
 
 @dataclass(frozen=True)
+class MeasureConfig:
+    batch_sizes: tuple[int, ...] = field(default=(1, 32), metadata={"nonempty": True})
+    warmup: int = field(default=10, metadata=bounds(ge=0))
+    repeats: int = field(default=30, metadata=bounds(gt=0))
+
+
+@dataclass(frozen=True)
+class QuantizeStage:
+    """int8 quantization of a trained model into a new slot (default `<model>_int8`), exported and measured
+    against the fp32 model with the same inputs, warm-up, repeats and threads.
+
+    `ptq_static`: observers calibrated on `calibration_batches` batches of the shared training stream.
+    `dynamic`: Linear weights int8, activations quantized at run time (CNNs gain little: only the head is Linear).
+    `qat`: fake-quant fine-tuning for `epochs` under `optimizer`/`schedule`, then conversion.
+    """
+    name: str
+    model: str
+    output: str | None = None
+    mode: Literal["ptq_static", "dynamic", "qat"] = "ptq_static"
+    # How activation ranges are estimated (ptq_static): named the same on both backends; each backend
+    # records which of its observers/algorithms realises it.
+    calibration: Literal["histogram", "minmax", "moving_average"] = "histogram"
+    calibration_batches: int = field(default=8, metadata=bounds(gt=0))
+    per_channel_weights: bool = True
+    # Quantize the reference framework's trained weights on every backend (as prune does), so the two
+    # toolchains quantize the same fp32 model; false: each quantizes the model it trained itself.
+    start_from_reference: bool = True
+    epochs: int = field(default=1, metadata=bounds(gt=0))  # qat only
+    optimizer: OptimizerConfig = OptimizerConfig(name="sgd", lr=0.001, weight_decay=0.0)  # qat only
+    schedule: ScheduleConfig = ScheduleConfig()  # qat only
+    measure: MeasureConfig = MeasureConfig()
+
+    def outputs(self) -> tuple[str, ...]:
+        return (self.output or f"{self.model}_int8",)
+
+    def inputs(self) -> tuple[str, ...]:
+        return (self.model,)
+
+    def derived_from(self) -> dict[str, str]:
+        return {self.outputs()[0]: self.model}
+
+
+@dataclass(frozen=True)
 class EvaluateStage:
     name: str
     models: tuple[str, ...] = field(metadata={"nonempty": True})
@@ -172,13 +215,6 @@ class EvaluateStage:
 
     def derived_from(self) -> dict[str, str]:
         return {}
-
-
-@dataclass(frozen=True)
-class MeasureConfig:
-    batch_sizes: tuple[int, ...] = field(default=(1, 32), metadata={"nonempty": True})
-    warmup: int = field(default=10, metadata=bounds(ge=0))
-    repeats: int = field(default=30, metadata=bounds(gt=0))
 
 
 @dataclass(frozen=True)
@@ -206,8 +242,8 @@ def register_stage(type_name: str, config_cls: type) -> None:
     STAGE_TYPES[type_name] = config_cls
 
 
-for _t, _c in (("train", TrainStage), ("distill", DistillStage), ("prune", PruneStage), ("evaluate", EvaluateStage),
-               ("export", ExportStage)):
+for _t, _c in (("train", TrainStage), ("distill", DistillStage), ("prune", PruneStage),
+               ("quantize", QuantizeStage), ("evaluate", EvaluateStage), ("export", ExportStage)):
     register_stage(_t, _c)
 
 
@@ -226,6 +262,11 @@ class Stage:
 class RuntimeConfig:
     threads: int | None = field(default=None, metadata=bounds(gt=0))
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Training-speed options applied by the torch backend (autocast, NHWC memory format, torch.compile of the
+    # training forward). The paddle backend records them as not applied; the report lists the difference.
+    amp: Literal["off", "bf16", "fp16"] = "off"
+    channels_last: bool = False
+    compile: bool = False
 
 
 @dataclass(frozen=True)
@@ -449,6 +490,8 @@ def validate(data: dict, source: str, profile: str) -> Recipe:
         raise RecipeError(source, "stages", "a non-empty list of stages", raw_stages)
     stages: list[Stage] = []
     slots = set(models)
+    trained: set[str] = set()  # slots holding weights some stage trained (or derived from such weights)
+    quantized: set[str] = set()  # int8 slots: only `evaluate` can read them
     for i, item in enumerate(raw_stages):
         spath = f"stages[{i}]"
         if not isinstance(item, dict) or len(item) != 1:
@@ -469,7 +512,14 @@ def validate(data: dict, source: str, profile: str) -> Recipe:
                                       f"({', '.join(sorted(slots))})", ref)
         if stype == "prune":
             _check_prune(cfg, source, f"{spath}.prune")
+        _check_slot_use(stype, cfg, trained, quantized, source, f"{spath}.{stype}")
         slots.update(cfg.outputs())
+        if stype in ("train", "distill"):
+            trained.update(cfg.outputs())
+        elif stype == "prune":
+            trained.update(o for o, i in cfg.derived_from().items() if i in trained)
+        elif stype == "quantize":
+            quantized.update(cfg.outputs())
         stages.append(Stage(stype, cfg))
     seeds = convert(tuple[int, ...], data.get("seeds", [0, 1, 2]), source, "seeds", {"nonempty": True})
     if len(set(seeds)) != len(seeds):
@@ -500,6 +550,24 @@ def _check_prune(cfg: PruneStage, source: str, path: str) -> None:
     for layer, ratio in cfg.layer_ratios.items():
         if not 0 <= ratio < 1:
             raise RecipeError(source, f"{path}.layer_ratios.{layer}", "a number >= 0 and < 1", ratio)
+
+
+def _check_slot_use(stype: str, cfg: Any, trained: set[str], quantized: set[str], source: str, path: str) -> None:
+    """int8 slots feed `evaluate` only; quantization needs trained weights (random weights give garbage int8)."""
+    if stype != "evaluate":
+        for fname in ("model", "teacher", "student", "models"):
+            refs = getattr(cfg, fname, None)
+            for ref in (refs,) if isinstance(refs, str) else (refs or ()):
+                if ref in quantized:
+                    what = ("the quantize stage already exports and measures it" if stype == "export"
+                            else "int8 models cannot be trained, pruned or quantized again")
+                    raise RecipeError(source, f"{path}.{fname}", f"an fp32 model: '{ref}' is an int8 model from a "
+                                      f"quantize stage and only `evaluate` can use it ({what})", ref)
+    if stype == "quantize":
+        if cfg.model not in trained:
+            raise RecipeError(source, f"{path}.model", "a model trained by an earlier train/distill stage (or "
+                              "pruned from one): quantizing untrained weights gives meaningless int8 outputs",
+                              f"{cfg.model} (initial weights)")
 
 
 def recipe_to_dict(recipe: Recipe) -> dict:

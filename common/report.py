@@ -73,6 +73,20 @@ def flat_rows(results: list[dict]) -> list[dict[str, Any]]:
                 for slot, m in st["models"].items():
                     for k in ("top1", "top5", "loss"):
                         add(r, st["name"], slot, k, m[k])
+            elif st["type"] == "quantize":
+                for kind in ("fp32", "int8"):
+                    add(r, st["name"], st["model"], f"{kind}_size_bytes", st[kind]["size_bytes"])
+                    add(r, st["name"], st["model"], f"{kind}_top1", st[kind]["top1"])
+                    for bs, lat in st[kind]["latency"].items():
+                        add(r, st["name"], st["model"], f"{kind}_latency_b{bs}_p50_ms", lat["p50_ms"])
+                for k in ("size_ratio", "accuracy_drop", "quantize_time_s"):
+                    add(r, st["name"], st["model"], k, st[k])
+                add(r, st["name"], st["model"], "prediction_agreement", st["comparison"]["agreement"])
+                for bs, v in st["speedup"].items():
+                    add(r, st["name"], st["model"], f"speedup_b{bs}", v)
+                if st.get("qat"):
+                    for k in ("train_time_s", "time_per_step_s"):
+                        add(r, st["name"], st["model"], k, st["qat"][k])
             elif st["type"] == "export":
                 for slot, m in st["models"].items():
                     for k in ("size_bytes", "params", "macs", "flops", "artifact_top1"):
@@ -212,14 +226,18 @@ def build_markdown(run_dir: Path, results: list[dict], meta: dict) -> str:
       "inputs, warm-up, repeats and thread count on both backends.\n\n")
 
     w(_pruning_section(ix))
+    w(_quantization_section(ix))
 
     w("## Training\n\n")
     rows = []
     for b in ix.backends:
         by_stage: dict[str, list[dict]] = defaultdict(list)
-        for stype in ("train", "distill"):
+        for stype in ("train", "distill", "quantize"):
             for _, st in ix.stage_records(b, stype):
-                by_stage[st["name"]].append(st)
+                if stype != "quantize":
+                    by_stage[st["name"]].append(st)
+                elif st.get("qat"):  # QAT fine-tuning is training too
+                    by_stage[f"{st['name']} (QAT)"].append({"model": st["model"], **st["qat"]})
         for name, sts in by_stage.items():
             rows.append([f"`{name}`", BACKEND_TITLES.get(b, b), f"`{sts[0]['model']}`", str(sts[0]["epochs"]),
                          str(sts[0]["steps"]), _fmt([s["train_time_s"] for s in sts], digits=1),
@@ -330,6 +348,52 @@ def _pruning_section(ix: _Index) -> str:
     return "\n".join(out[:1]) + "\n" + "".join(out[1:])
 
 
+def _quantization_section(ix: _Index) -> str:
+    """int8 artifact next to the fp32 artifact of the same weights, per backend and seed."""
+    rows, lowerings, starts, warned = [], {}, set(), {}
+    batch_sizes: list[str] = []
+    for b in ix.backends:
+        for seed, st in ix.stage_records(b, "quantize"):
+            fp, q = st["fp32"], st["int8"]
+            batch_sizes = batch_sizes or list(fp["latency"])
+            lo, hi = st["accuracy_drop_ci95"]
+            cmp = st["comparison"]
+            calib = (f"{st['calibration']}, {st['calibration_batches']} batches" if st["mode"] == "ptq_static"
+                     else f"{st['qat']['epochs']} epoch(s)" if st.get("qat") else "–")
+            lat = [f"{fp['latency'][bs]['p50_ms']:.2f} → {q['latency'][bs]['p50_ms']:.2f} "
+                   f"(×{q['latency'][bs]['p50_ms'] / fp['latency'][bs]['p50_ms']:.2f})" for bs in batch_sizes]
+            rows.append([f"`{st['name']}`", BACKEND_TITLES.get(b, b), str(seed), f"{st['mode']} ({calib})",
+                         f"{fp['size_mb']:.2f} → {q['size_mb']:.2f} ({st['size_ratio'] * 100:.0f}%)",
+                         f"{fp['top1'] * 100:.2f}% → {q['top1'] * 100:.2f}%",
+                         f"{st['accuracy_drop'] * 100:+.2f} [{lo * 100:+.2f}, {hi * 100:+.2f}]",
+                         f"{cmp['agreement'] * 100:.1f}%", f"{cmp['mcnemar_p']:.3g}"] + lat)
+            lowerings[b] = st["lowering"]
+            starts.add(f"{BACKEND_TITLES.get(b, b)}: {st['start_weights']}")
+            warned.setdefault(b, set()).update(st.get("framework_warnings", []))
+    if not rows:
+        return ""
+    out = ["## Quantization (int8 file vs the fp32 file of the same weights)\n\n",
+           _table(["stage", "backend", "seed", "mode", "file MB fp32 → int8", "top-1 fp32 → int8",
+                   "drop, pts [95% CI]", "same prediction", "McNemar p"]
+                  + [f"batch {bs} p50 ms fp32 → int8 (ratio)" for bs in batch_sizes], rows), "\n"]
+    for b, lw in lowerings.items():
+        out.append(f"- {BACKEND_TITLES.get(b, b)}: {lw['tool']}; weights {lw['weights']}; activations "
+                   f"{lw['activations']}; calibration {lw['calibration']}; int8 runtime {lw['runtime']}.\n")
+    out.append("- Quantization started from " + "; ".join(sorted(starts)) + ".\n")
+    out.append("- Both files are measured with the same inputs, warm-up, repeats and threads, timed in alternation "
+               "(fp32, int8, fp32, ...); the drop is fp32 top-1 minus int8 top-1 on the validation split with a "
+               "95% interval over the paired per-sample differences; McNemar's exact test asks whether the samples "
+               "only one of the two gets right are lopsided.\n")
+    if len({lw["activations"] for lw in lowerings.values()}) > 1:
+        out.append("- The activation schemes differ between the frameworks (see above): each uses its own int8 "
+                   "kernels' native scheme.\n")
+    for b, msgs in warned.items():
+        if msgs:
+            out.append(f"- {BACKEND_TITLES.get(b, b)} warned: " + "; ".join(f"\"{m}\"" for m in sorted(msgs)) + "\n")
+    out.append("\n")
+    return "".join(out)
+
+
 def _filter_overlap(ix: _Index) -> str:
     """How many of the removed filters the two backends chose alike (same seed, same stage)."""
     if len(ix.backends) != 2:
@@ -367,6 +431,11 @@ def _differences(ix: _Index, runtimes: dict) -> str:
     devices = {r["backend"]: (r.get("environment") or {}).get("device") for r in ix.results}
     if len(set(devices.values())) > 1:
         lines.append("- Devices differ: " + ", ".join(f"{b} on {d}" for b, d in devices.items()) + ".")
+    options = {r["backend"]: (r.get("environment") or {}).get("training_options") for r in ix.results}
+    if len({json.dumps(o, sort_keys=True) for o in options.values()}) > 1:
+        lines.append("- Training options differ: " + "; ".join(
+            f"{BACKEND_TITLES.get(b, b)} {json.dumps(o, sort_keys=True)}" for b, o in options.items())
+            + " (amp, channels_last and compile are applied by the torch backend only).")
     threads = {r["backend"]: (r.get("environment") or {}).get("threads") for r in ix.results}
     if len(set(threads.values())) > 1:
         lines.append("- Thread counts differ: " + ", ".join(f"{b} {t}" for b, t in threads.items()) + ".")

@@ -168,7 +168,7 @@ def run_prune(ctx: RunContext, stage: Stage) -> dict[str, Any]:
     cfg: PruneStage = stage.config
     out = cfg.output or cfg.model
     model = ctx.output_model(cfg.model, out)
-    start = _start_from_reference(ctx, stage, model) if cfg.start_from_reference else "own trained weights"
+    start = start_from_reference(ctx, stage, model) if cfg.start_from_reference else "own trained weights"
     weights = ctx.backend.prunable(model)
     names = list(weights)
     head = "" if cfg.prune_head else ctx.backend.head_name(model)
@@ -220,7 +220,7 @@ def run_prune(ctx: RunContext, stage: Stage) -> dict[str, Any]:
     return record
 
 
-def _start_from_reference(ctx: RunContext, stage: Stage, model: Any) -> str:
+def start_from_reference(ctx: RunContext, stage: Stage, model: Any) -> str:
     """Load the reference backend's trained weights of the stage's input slot (same seed, same run)."""
     ref, src = ctx.recipe.reference_framework, stage.config.model
     if ctx.backend.name == ref:

@@ -17,13 +17,14 @@ from typing import Any
 
 import numpy as np
 
-from backends.base import load_backend
+from backends.base import QuantizedModel, load_backend
 from common.data import BatchStream, load_dataset
 from common.errors import ParityError, SlimbenchError
 from common.metrics import logit_difference
 from common.progress import Progress
 from common.recipe import Recipe, validate
 from common.results import SCHEMA_VERSION, atomic_write_json, init_dir, read_json, seed_dir
+from common.quantize_stage import artifact_from_record  # also registers the quantize executor
 from common.stages import EXECUTORS, RunContext
 from common.sysinfo import platform_info
 
@@ -105,7 +106,7 @@ def cmd_run(run_dir: Path, backend_name: str, seed: int, threads: int, resume: b
     try:
         backend = load_backend(backend_name)
         res.data["environment"]["versions"] = backend.versions()
-        res.data["environment"].update(backend.configure(threads, recipe.runtime.device, seed))
+        res.data["environment"].update(backend.configure(threads, recipe.runtime.device, seed, recipe.runtime))
         stream, classes, probe = _probe_and_stream(recipe, seed)
         res.data["data"] = {"dataset": recipe.data.dataset, "image_size": recipe.data.image_size,
                             "batch_size": recipe.data.batch_size, **stream.digest()}
@@ -129,6 +130,10 @@ def cmd_run(run_dir: Path, backend_name: str, seed: int, threads: int, resume: b
         for stage, record in zip(recipe.stages, done):
             current = stage.name
             for dst, src in stage.config.derived_from().items():
+                if record.get("type") == "quantize":  # an int8 slot is its artifact: reopen it
+                    ctx.models[dst] = backend.load_quantized(artifact_from_record(record["int8"], out), threads)
+                    ctx.model_cfgs[dst] = ctx.model_cfgs[src]
+                    continue
                 model = ctx.output_model(src, dst)
                 if record.get("structure_edit"):  # a filter-pruned output: rebuild its architecture first
                     edit = dict(record["structure_edit"], example_shape=tuple(record["structure_edit"]["example_shape"]))
@@ -146,6 +151,9 @@ def cmd_run(run_dir: Path, backend_name: str, seed: int, threads: int, resume: b
             record["status"] = "ok"
             record["time_s"] = time.perf_counter() - t0
             for slot in stage.config.outputs():
+                if isinstance(ctx.models[slot], QuantizedModel):  # the int8 artifact is its own checkpoint
+                    record.setdefault("checkpoints", {})[slot] = record["int8"]["entry"]
+                    continue
                 ckpt = out / "checkpoints" / f"{slot}{backend.checkpoint_suffix()}"
                 ckpt.parent.mkdir(exist_ok=True)
                 backend.save_checkpoint(ctx.models[slot], ckpt)

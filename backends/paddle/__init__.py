@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 import paddle
 
-from backends.base import ExportedArtifact
-from backends.paddle import distill, export, measure, models, prune, train, weights
+from backends.base import ExportedArtifact, QuantizedModel
+from backends.paddle import distill, export, measure, models, prune, quantize, train, weights
 from common.errors import SlimbenchError
-from common.recipe import ModelConfig, OptimizerConfig
+from common.recipe import ModelConfig, OptimizerConfig, QuantizeStage, RuntimeConfig
 
 
 def _paddleslim_version() -> str:
@@ -38,8 +38,9 @@ class PaddleBackend:
         return {"paddlepaddle": paddle.__version__, "paddleslim": _paddleslim_version(),
                 "python": platform.python_version()}
 
-    def configure(self, threads: int, device: str, seed: int) -> dict[str, Any]:
+    def configure(self, threads: int, device: str, seed: int, runtime: RuntimeConfig | None = None) -> dict[str, Any]:
         self.threads = threads
+        runtime = runtime or RuntimeConfig()
         if device == "cuda" and not paddle.is_compiled_with_cuda():
             raise SlimbenchError("runtime.device is 'cuda' but this paddlepaddle build has no CUDA; "
                                  "use 'auto' or 'cpu', or install paddlepaddle-gpu")
@@ -47,8 +48,13 @@ class PaddleBackend:
                                        and paddle.device.cuda.device_count() > 0)
         paddle.set_device("gpu" if use_gpu else "cpu")
         paddle.seed(seed)
+        asked = {"amp": runtime.amp, "channels_last": runtime.channels_last, "compile": runtime.compile}
+        # amp/channels_last/compile are torch-backend options: recorded as not applied, so the report shows them.
         return {"device": paddle.get_device(), "threads": threads,
-                "omp_num_threads": os.environ.get("OMP_NUM_THREADS", "unset")}
+                "omp_num_threads": os.environ.get("OMP_NUM_THREADS", "unset"),
+                "training_options": {"amp": "off", "channels_last": False, "compile": False,
+                                     **({"not_applied": asked} if asked != {"amp": "off", "channels_last": False,
+                                                                              "compile": False} else {})}}
 
     def build_model(self, cfg: ModelConfig, num_classes: int) -> paddle.nn.Layer:
         return models.build_model(cfg, num_classes)
@@ -59,7 +65,9 @@ class PaddleBackend:
     def load_numpy_state(self, model: paddle.nn.Layer, state: dict[str, np.ndarray]) -> None:
         weights.load_numpy_state(model, state)
 
-    def predict(self, model: paddle.nn.Layer, x: np.ndarray) -> np.ndarray:
+    def predict(self, model: paddle.nn.Layer | QuantizedModel, x: np.ndarray) -> np.ndarray:
+        if isinstance(model, QuantizedModel):
+            return model.predict(x)
         model.eval()
         with paddle.no_grad():
             return model(paddle.to_tensor(x)).numpy().astype(np.float32)
@@ -96,6 +104,27 @@ class PaddleBackend:
 
     def checkpoint_suffix(self) -> str:
         return ".pdparams"
+
+    def quantization_lowering(self, cfg: QuantizeStage) -> dict[str, str]:
+        return quantize.lowering(cfg)
+
+    def quantize_static(self, model: paddle.nn.Layer, cfg: QuantizeStage, calibration: list[np.ndarray],
+                        example: np.ndarray, out_dir: Path, threads: int) -> QuantizedModel:
+        return quantize.quantize_static(model, cfg, calibration, example, out_dir, threads)
+
+    def quantize_dynamic(self, model: paddle.nn.Layer, cfg: QuantizeStage, example: np.ndarray, out_dir: Path,
+                         threads: int) -> QuantizedModel:
+        return quantize.quantize_dynamic(model, cfg, example, out_dir, threads)
+
+    def prepare_qat(self, model: paddle.nn.Layer, cfg: QuantizeStage, example: np.ndarray) -> paddle.nn.Layer:
+        return quantize.prepare_qat(model, cfg, example)
+
+    def convert_qat(self, prepared: paddle.nn.Layer, cfg: QuantizeStage, example: np.ndarray, out_dir: Path,
+                    threads: int) -> QuantizedModel:
+        return quantize.convert_qat(prepared, cfg, example, out_dir, threads)
+
+    def load_quantized(self, artifact: ExportedArtifact, threads: int) -> QuantizedModel:
+        return quantize.load_quantized(artifact, threads)
 
     def prunable(self, model: paddle.nn.Layer) -> dict[str, np.ndarray]:
         return prune.prunable(model)

@@ -9,10 +9,10 @@ import numpy as np
 import torch
 import torchvision
 
-from backends.base import ExportedArtifact
-from backends.torch import distill, export, measure, models, prune, train, weights
+from backends.base import ExportedArtifact, QuantizedModel
+from backends.torch import distill, export, measure, models, prune, quantize, train, weights
 from common.errors import SlimbenchError
-from common.recipe import ModelConfig, OptimizerConfig
+from common.recipe import ModelConfig, OptimizerConfig, QuantizeStage, RuntimeConfig
 
 
 class TorchBackend:
@@ -20,13 +20,15 @@ class TorchBackend:
 
     def __init__(self) -> None:
         self.device = torch.device("cpu")
+        self.runtime = RuntimeConfig()
 
     def versions(self) -> dict[str, str]:
         return {"torch": torch.__version__, "torchvision": torchvision.__version__,
                 "cuda": str(torch.version.cuda), "python": platform.python_version()}
 
-    def configure(self, threads: int, device: str, seed: int) -> dict[str, Any]:
+    def configure(self, threads: int, device: str, seed: int, runtime: RuntimeConfig | None = None) -> dict[str, Any]:
         torch.set_num_threads(threads)
+        self.runtime = runtime or RuntimeConfig()
         if device == "cuda" and not torch.cuda.is_available():
             raise SlimbenchError("runtime.device is 'cuda' but torch sees no CUDA device; use 'auto' or 'cpu'")
         use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
@@ -35,6 +37,8 @@ class TorchBackend:
         info: dict[str, Any] = {"device": str(self.device), "threads": torch.get_num_threads()}
         if use_cuda:
             info["gpu"] = torch.cuda.get_device_name(self.device)
+        info["training_options"] = {"amp": self.runtime.amp, "channels_last": self.runtime.channels_last,
+                                    "compile": self.runtime.compile}
         return info
 
     def build_model(self, cfg: ModelConfig, num_classes: int) -> torch.nn.Module:
@@ -46,17 +50,23 @@ class TorchBackend:
     def load_numpy_state(self, model: torch.nn.Module, state: dict[str, np.ndarray]) -> None:
         weights.load_numpy_state(model, state)
 
-    def predict(self, model: torch.nn.Module, x: np.ndarray) -> np.ndarray:
+    def predict(self, model: torch.nn.Module | QuantizedModel, x: np.ndarray) -> np.ndarray:
+        if isinstance(model, QuantizedModel):
+            return model.predict(x)
         model.eval()
-        with torch.inference_mode():
-            return model(torch.from_numpy(x).to(self.device)).float().cpu().numpy()
+
+        def run() -> np.ndarray:
+            with torch.inference_mode():
+                return model(torch.from_numpy(x).to(self.device)).float().cpu().numpy()
+
+        return quantize.predict_fake_quant(model, run) if getattr(model, "_slimbench_qat", False) else run()
 
     def trainer(self, model: torch.nn.Module, opt: OptimizerConfig) -> train.Trainer:
-        return train.Trainer(model, opt, self.device)
+        return train.Trainer(model, opt, self.device, self.runtime)
 
     def distiller(self, student: torch.nn.Module, teacher: torch.nn.Module, opt: OptimizerConfig,
                   temperature: float, alpha: float) -> distill.Distiller:
-        return distill.Distiller(student, teacher, opt, self.device, temperature, alpha)
+        return distill.Distiller(student, teacher, opt, self.device, temperature, alpha, self.runtime)
 
     def kd_loss(self, s: np.ndarray, t: np.ndarray, y: np.ndarray, temperature: float, alpha: float) -> float:
         return distill.kd_loss_value(s, t, y, temperature, alpha)
@@ -99,6 +109,27 @@ class TorchBackend:
 
     def checkpoint_suffix(self) -> str:
         return ".pt"
+
+    def quantization_lowering(self, cfg: QuantizeStage) -> dict[str, str]:
+        return quantize.ENGINE.lowering(cfg)
+
+    def quantize_static(self, model: torch.nn.Module, cfg: QuantizeStage, calibration: list[np.ndarray],
+                        example: np.ndarray, out_dir: Path, threads: int) -> QuantizedModel:
+        return quantize.quantize_static(model, cfg, calibration, example, out_dir, threads)
+
+    def quantize_dynamic(self, model: torch.nn.Module, cfg: QuantizeStage, example: np.ndarray, out_dir: Path,
+                         threads: int) -> QuantizedModel:
+        return quantize.quantize_dynamic(model, cfg, example, out_dir, threads)
+
+    def prepare_qat(self, model: torch.nn.Module, cfg: QuantizeStage, example: np.ndarray) -> torch.nn.Module:
+        return quantize.prepare_qat(model, cfg, example)
+
+    def convert_qat(self, prepared: torch.nn.Module, cfg: QuantizeStage, example: np.ndarray, out_dir: Path,
+                    threads: int) -> QuantizedModel:
+        return quantize.convert_qat(prepared, cfg, example, out_dir, threads)
+
+    def load_quantized(self, artifact: ExportedArtifact, threads: int) -> QuantizedModel:
+        return quantize.load_quantized(artifact, threads)
 
     def export(self, model: torch.nn.Module, example: np.ndarray, out_dir: Path) -> ExportedArtifact:
         return export.export_model(prune.without_reparametrization(model), example, out_dir)

@@ -6,8 +6,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from backends.torch.train import Trainer
-from common.recipe import OptimizerConfig
+from backends.torch.train import Trainer, prepare_module
+from common.recipe import OptimizerConfig, RuntimeConfig
 
 
 def hinton_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, temperature: float,
@@ -23,17 +23,18 @@ class Distiller(Trainer):
     """Student step against a frozen teacher kept in eval mode."""
 
     def __init__(self, student: nn.Module, teacher: nn.Module, cfg: OptimizerConfig, device: torch.device,
-                 temperature: float, alpha: float):
-        super().__init__(student, cfg, device)
+                 temperature: float, alpha: float, runtime: RuntimeConfig = RuntimeConfig()):
+        super().__init__(student, cfg, device, runtime)
         self.teacher, self.temperature, self.alpha = teacher, temperature, alpha
         for p in teacher.parameters():
             p.requires_grad_(False)
+        self.teacher_forward = prepare_module(teacher, runtime)
 
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         self.teacher.eval()
         with torch.no_grad():
-            t = self.teacher(x)
-        return hinton_loss(self.model(x), t, y, self.temperature, self.alpha)
+            t = self.teacher_forward(x)
+        return hinton_loss(self.forward(x), t, y, self.temperature, self.alpha)
 
 
 def kd_loss_value(s: np.ndarray, t: np.ndarray, y: np.ndarray, temperature: float, alpha: float) -> float:

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from common.recipe import OptimizerConfig
+from common.recipe import OptimizerConfig, RuntimeConfig
 
 
 def make_optimizer(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optimizer:
@@ -17,26 +17,50 @@ def make_optimizer(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optimi
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.999), eps=1e-8)
 
 
-class Trainer:
-    """Cross-entropy training step."""
+_AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
-    def __init__(self, model: nn.Module, cfg: OptimizerConfig, device: torch.device):
-        self.model, self.device = model, device
+
+def prepare_module(model: nn.Module, runtime: RuntimeConfig) -> nn.Module:
+    """The callable a training step runs: NHWC weights for channels_last, torch.compile when asked.
+    The module itself stays the eager one (its parameters are shared), so evaluation and export see it."""
+    if runtime.channels_last:
+        model.to(memory_format=torch.channels_last)
+    return torch.compile(model) if runtime.compile else model
+
+
+class Trainer:
+    """Cross-entropy training step, with the recipe's runtime options (amp, channels_last, compile)."""
+
+    def __init__(self, model: nn.Module, cfg: OptimizerConfig, device: torch.device,
+                 runtime: RuntimeConfig = RuntimeConfig()):
+        self.model, self.device, self.runtime = model, device, runtime
         self.optimizer = make_optimizer(model, cfg)
+        self.forward = prepare_module(model, runtime)
+        self.amp_dtype = _AMP_DTYPES.get(runtime.amp)
+        # fp16 needs loss scaling against gradient underflow; bf16 has fp32's exponent range and does not.
+        self.scaler = torch.amp.GradScaler(device.type) if runtime.amp == "fp16" else None
 
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(self.model(x), y)
+        return F.cross_entropy(self.forward(x), y)
 
     def step(self, x: np.ndarray, y: np.ndarray, lr: float) -> float:
         self.model.train()
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         xb = torch.from_numpy(x).to(self.device, non_blocking=True)
+        if self.runtime.channels_last:
+            xb = xb.contiguous(memory_format=torch.channels_last)
         yb = torch.from_numpy(y).to(self.device, non_blocking=True)
-        loss = self.loss(xb, yb)
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            loss = self.loss(xb, yb)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            self.optimizer.step()
         return float(loss.detach())
 
 

@@ -118,3 +118,31 @@ def test_scientific_notation_is_a_number_in_files_and_overrides():
     data = raw()
     data["stages"][0]["train"]["optimizer"]["lr"] = "1e-3"  # a string stays a string: still rejected
     assert 'expected a number > 0, got "1e-3"' in error_of(data)
+
+
+def test_quantize_needs_trained_weights_and_int8_slots_only_feed_evaluate():
+    data = raw()
+    data["stages"].insert(0, {"quantize": {"name": "q", "model": "student"}})
+    msg = error_of(data)
+    assert msg.startswith("kd_resnet50_mobilenet.yaml: stages[0].quantize.model: expected a model trained by an "
+                          "earlier train/distill stage")
+    assert 'got "student (initial weights)"' in msg
+    data = raw()
+    data["stages"].insert(3, {"quantize": {"name": "q", "model": "student_kd"}})
+    recipe = resolve(data, "kd_resnet50_mobilenet.yaml")
+    assert recipe.stage("q").config.outputs() == ("student_kd_int8",)
+    data["stages"][5]["export"]["models"].append("student_kd_int8")
+    msg = error_of(data)
+    assert "stages[5].export.models: expected an fp32 model: 'student_kd_int8' is an int8 model" in msg
+    assert "already exports and measures it" in msg
+    data["stages"][5]["export"]["models"].pop()
+    data["stages"][4]["evaluate"]["models"].append("student_kd_int8")
+    assert resolve(data, "kd_resnet50_mobilenet.yaml").stage("evaluate").config.models[-1] == "student_kd_int8"
+
+
+def test_quantize_mode_and_calibration_choices_are_checked():
+    data = raw()
+    data["stages"].insert(3, {"quantize": {"name": "q", "model": "teacher", "mode": "fp8"}})
+    assert 'stages[3].quantize.mode: expected one of' in error_of(data)
+    data["stages"][3]["quantize"] = {"name": "q", "model": "teacher", "calibration": "kl"}
+    assert 'stages[3].quantize.calibration: expected one of' in error_of(data)

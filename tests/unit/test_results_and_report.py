@@ -84,3 +84,29 @@ def test_results_with_another_schema_version_are_refused(tmp_path: Path):
     run = _write_run(tmp_path, [r])
     with pytest.raises(ValueError, match="schema version 99"):
         load_results(run)
+
+
+def _quant_stage(fp32_ms: float, int8_ms: float) -> dict:
+    lat = lambda ms: {"1": {"p50_ms": ms, "p90_ms": ms * 1.1}}  # noqa: E731
+    return {"name": "ptq", "type": "quantize", "status": "ok", "model": "int8", "source": "fp32",
+            "mode": "ptq_static", "calibration": "histogram", "calibration_batches": 8,
+            "start_weights": "own trained weights", "framework_warnings": ["x is deprecated"],
+            "lowering": {"tool": "tool-x", "weights": "w", "activations": "a", "calibration": "c", "runtime": "rt"},
+            "fp32": {"size_mb": 100.0, "size_bytes": 100_000_000, "top1": 0.96, "latency": lat(fp32_ms)},
+            "int8": {"size_mb": 25.0, "size_bytes": 25_000_000, "top1": 0.95, "latency": lat(int8_ms)},
+            "size_ratio": 0.25, "accuracy_drop": 0.01, "accuracy_drop_ci95": [-0.005, 0.025],
+            "comparison": {"agreement": 0.981, "mcnemar_p": 0.2188}, "speedup": {"1": fp32_ms / int8_ms},
+            "quantize_time_s": 3.0}
+
+
+def test_quantization_section_and_rows(tmp_path: Path):
+    r = _result("torch", 0, {"fp32": 0.96, "int8": 0.95})
+    r["stages"].insert(0, _quant_stage(10.0, 2.5))
+    run = _write_run(tmp_path, [r])
+    md = build_markdown(run, load_results(run), META)
+    assert ("| `ptq` | PyTorch | 0 | ptq_static (histogram, 8 batches) | 100.00 → 25.00 (25%) | 96.00% → 95.00% | "
+            "+1.00 [-0.50, +2.50] | 98.1% | 0.219 | 10.00 → 2.50 (×0.25) |") in md
+    assert "- PyTorch: tool-x; weights w; activations a; calibration c; int8 runtime rt." in md
+    assert 'PyTorch warned: "x is deprecated"' in md
+    rows = {(x["metric"]): x["value"] for x in flat_rows(load_results(run)) if x["stage"] == "ptq"}
+    assert rows["size_ratio"] == 0.25 and rows["speedup_b1"] == 4.0 and rows["int8_latency_b1_p50_ms"] == 2.5

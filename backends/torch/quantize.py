@@ -1,0 +1,173 @@
+"""int8 quantization with torch.ao.quantization FX graph mode, deployed as a frozen TorchScript file.
+
+The quantized engine is fbgemm: with `x86` or `onednn` an int8 model is fast only for the first input
+shape it runs and ~10x slower on any other (DESIGN.md 5), which would make batch-N latency dishonest.
+Everything engine-specific sits in `FxFbgemmEngine`, so torchao's pt2e flow (the maintained successor,
+fast only after torch.compile today) can be added as a second engine behind the same methods.
+`torch.export` cannot take FX int8 models; TorchScript (trace + freeze) is the file such a model ships as.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.ao import quantization as tq
+from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx, prepare_qat_fx
+
+from backends.base import ExportedArtifact, QuantizedModel
+from backends.torch.prune import get_masks, without_reparametrization
+from common.capture import recorded_warnings
+from common.errors import UnsupportedStage
+from common.recipe import QuantizeStage
+
+RUNTIME = "TorchScript (frozen) int8 kernels, fbgemm engine"
+FORMAT = "TorchScript (.pt: torch.jit.trace + freeze of the FX int8 model)"
+
+_ACTIVATION_OBSERVERS = {"histogram": tq.HistogramObserver, "minmax": tq.MinMaxObserver,
+                         "moving_average": tq.MovingAverageMinMaxObserver}
+
+
+class FxFbgemmEngine:
+    """torch.ao.quantization FX graph mode on the fbgemm kernels."""
+
+    name = "fx-fbgemm"
+    backend_config = "fbgemm"
+
+    def activate(self) -> None:
+        torch.backends.quantized.engine = self.backend_config
+
+    def qconfig_mapping(self, cfg: QuantizeStage) -> tq.QConfigMapping:
+        # fbgemm without VNNI needs 7-bit activations (reduce_range) to avoid overflow in its int16 accumulation.
+        act = _ACTIVATION_OBSERVERS[cfg.calibration].with_args(dtype=torch.quint8, qscheme=torch.per_tensor_affine,
+                                                               reduce_range=True)
+        if cfg.per_channel_weights:
+            weight = tq.PerChannelMinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_channel_symmetric)
+        else:
+            weight = tq.MinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_tensor_symmetric)
+        return tq.QConfigMapping().set_global(tq.QConfig(activation=act, weight=weight))
+
+    def qat_mapping(self, cfg: QuantizeStage) -> tq.QConfigMapping:
+        mapping = tq.get_default_qat_qconfig_mapping(self.backend_config)  # moving-average fake-quant, per-channel
+        if not cfg.per_channel_weights:
+            qc = tq.QConfig(activation=mapping.global_qconfig.activation,
+                            weight=tq.FakeQuantize.with_args(observer=tq.MovingAverageMinMaxObserver, quant_min=-128,
+                                                             quant_max=127, dtype=torch.qint8,
+                                                             qscheme=torch.per_tensor_symmetric))
+            mapping = tq.QConfigMapping().set_global(qc)
+        return mapping
+
+    def lowering(self, cfg: QuantizeStage) -> dict[str, str]:
+        weights = "int8 per-channel symmetric" if cfg.per_channel_weights else "int8 per-tensor symmetric"
+        if cfg.mode == "dynamic":
+            return {"tool": "torch.ao.quantization.quantize_dynamic (nn.Linear)", "engine": self.name,
+                    "weights": weights + " (Linear only)", "activations": "quantized at run time per batch",
+                    "calibration": "none (dynamic)", "runtime": RUNTIME}
+        tool = ("prepare_qat_fx / convert_fx (get_default_qat_qconfig_mapping('fbgemm'))" if cfg.mode == "qat"
+                else "prepare_fx / convert_fx")
+        calibration = ("fake-quant ranges learned during fine-tuning (moving-average min/max)" if cfg.mode == "qat"
+                       else f"{_ACTIVATION_OBSERVERS[cfg.calibration].__name__} over {cfg.calibration_batches} batches")
+        return {"tool": f"torch.ao.quantization FX graph mode: {tool}", "engine": self.name, "weights": weights,
+                "activations": "uint8 per-tensor affine, 7-bit range (reduce_range for fbgemm)",
+                "calibration": calibration, "runtime": RUNTIME}
+
+
+ENGINE = FxFbgemmEngine()
+
+
+def _fp32_copy(model: nn.Module, train: bool) -> nn.Module:
+    m = without_reparametrization(model).cpu()  # int8 kernels are CPU kernels
+    return m.train() if train else m.eval()
+
+
+
+def quantize_static(model: nn.Module, cfg: QuantizeStage, calibration: list[np.ndarray], example: np.ndarray,
+                    out_dir: Path, threads: int) -> QuantizedModel:
+    ENGINE.activate()
+    x = torch.from_numpy(example)
+
+    def run() -> nn.Module:
+        prepared = prepare_fx(_fp32_copy(model, train=False), ENGINE.qconfig_mapping(cfg), (x,))
+        with torch.inference_mode():
+            for batch in calibration:
+                prepared(torch.from_numpy(batch))
+        return convert_fx(prepared)
+
+    converted, caught = recorded_warnings(run)
+    return _save(converted, example, out_dir, threads, caught)
+
+
+def quantize_dynamic(model: nn.Module, cfg: QuantizeStage, example: np.ndarray, out_dir: Path,
+                     threads: int) -> QuantizedModel:
+    ENGINE.activate()
+    converted, caught = recorded_warnings(
+        lambda: tq.quantize_dynamic(_fp32_copy(model, train=False), {nn.Linear}, dtype=torch.qint8))
+    return _save(converted, example, out_dir, threads, caught)
+
+
+def prepare_qat(model: nn.Module, cfg: QuantizeStage, example: np.ndarray) -> nn.Module:
+    if get_masks(model):
+        raise UnsupportedStage("torch", "qat on a magnitude-pruned model",
+                               "fake-quant training would regrow the pruned weights; use mode: ptq_static")
+    ENGINE.activate()
+    device = next(model.parameters()).device
+    prepared, caught = recorded_warnings(
+        lambda: prepare_qat_fx(_fp32_copy(model, train=True), ENGINE.qat_mapping(cfg), (torch.from_numpy(example),)))
+    prepared.to(device)
+    prepared._slimbench_warnings = caught
+    prepared._slimbench_qat = True
+    return prepared
+
+
+def predict_fake_quant(prepared: nn.Module, fn: Callable[[], np.ndarray]) -> np.ndarray:
+    """Evaluate a QAT model without letting validation data move its observed ranges.
+
+    torch's FakeQuantize observes whenever its observer is enabled, in eval mode too; Paddle's uses the
+    stored scales in eval mode. Observers are frozen for the call and re-enabled after.
+    """
+    prepared.apply(tq.disable_observer)
+    try:
+        return fn()
+    finally:
+        prepared.apply(tq.enable_observer)
+
+
+def convert_qat(prepared: nn.Module, cfg: QuantizeStage, example: np.ndarray, out_dir: Path,
+                threads: int) -> QuantizedModel:
+    ENGINE.activate()
+    earlier = getattr(prepared, "_slimbench_warnings", [])
+    converted, caught = recorded_warnings(lambda: convert_fx(copy.deepcopy(prepared).cpu().eval()))
+    return _save(converted, example, out_dir, threads, earlier + [c for c in caught if c not in earlier])
+
+
+def _save(converted: nn.Module, example: np.ndarray, out_dir: Path, threads: int, caught: list[str]) -> QuantizedModel:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "model.pt"
+    tmp = out_dir / "model.tmp.pt"
+
+    def script() -> None:
+        with torch.no_grad():
+            traced = torch.jit.freeze(torch.jit.trace(converted, torch.from_numpy(example)).eval())
+        torch.jit.save(traced, str(tmp))
+
+    _, more = recorded_warnings(script)
+    tmp.replace(path)
+    artifact = ExportedArtifact(format=FORMAT, files=[path], entry=path)
+    qm = load_quantized(artifact, threads)
+    qm.info["framework_warnings"] = caught + [m for m in more if m not in caught]
+    return qm
+
+
+def load_quantized(artifact: ExportedArtifact, threads: int) -> QuantizedModel:
+    ENGINE.activate()
+    torch.set_num_threads(threads)
+    module = torch.jit.load(str(artifact.entry), map_location="cpu")
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return module(torch.from_numpy(np.ascontiguousarray(x, np.float32))).float().numpy()
+
+    return QuantizedModel(artifact=artifact, predict=predict, info={"runtime": RUNTIME, "engine": ENGINE.name})

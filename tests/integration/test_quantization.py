@@ -1,0 +1,111 @@
+"""int8 on both backends through the real CLI: the files are really int8, predictions follow fp32, resume works."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.integration.test_run_recipe import cli
+
+pytestmark = [pytest.mark.torch, pytest.mark.paddle]
+
+
+def run_dir(out: Path, recipe: str) -> Path:
+    runs = list((out / recipe).iterdir())
+    assert len(runs) == 1
+    return runs[0]
+
+
+def result(run: Path, backend: str) -> dict:
+    return json.loads((run / backend / "seed-0" / "result.json").read_text())
+
+
+def weight_bytes(seed_dir: Path, files: list[str]) -> int:
+    """Bytes of the weight payload: the whole file for torch (.pt2 / .pt), the .pdiparams file for Paddle
+    (its .pdmodel program grows with the quantize/dequantize ops and dominates for a tiny model)."""
+    paths = [seed_dir / f for f in files]
+    params = [p for p in paths if p.suffix == ".pdiparams"]
+    return sum(p.stat().st_size for p in (params or paths))
+
+
+def check_int8(run: Path, backend: str, stage: dict, max_ratio: float = 0.4, max_drop: float = 0.1) -> None:
+    seed_dir = run / backend / "seed-0"
+    fp32, int8 = stage["fp32"], stage["int8"]
+    ratio = weight_bytes(seed_dir, int8["files"]) / weight_bytes(seed_dir, fp32["files"])
+    assert ratio < max_ratio, f"{backend}: int8 weights are {ratio:.0%} of fp32: not int8"
+    assert stage["comparison"]["agreement"] >= 0.8, f"{backend}: int8 agrees with fp32 on too few samples"
+    assert abs(stage["accuracy_drop"]) < max_drop
+    lo, hi = stage["accuracy_drop_ci95"]
+    assert lo <= stage["accuracy_drop"] <= hi
+    for bs in ("1", "4"):
+        assert int8["latency"][bs]["repeats"] == fp32["latency"][bs]["repeats"] == 3
+    assert "int8" in int8["runtime"] or "int8" in int8["format"] or "fbgemm" in int8["runtime"]
+
+
+def test_ptq_smoke_on_both_backends_is_real_int8_and_resume_reopens_the_int8_artifact(tmp_path: Path):
+    p = cli("run-recipe", "quant_ptq_resnet50", "--profile", "smoke", "--out", str(tmp_path))
+    assert p.returncode == 0, p.stdout + p.stderr
+    run = run_dir(tmp_path, "quant_ptq_resnet50")
+    for b in ("torch", "paddle"):
+        r = result(run, b)
+        ptq = r["stages"][1]
+        assert ptq["mode"] == "ptq_static" and ptq["calibration_batches"] == 2 and ptq["calibration_samples"] == 64
+        check_int8(run, b, ptq)
+        ev = r["stages"][2]["models"]
+        assert ev["int8"]["top1"] == pytest.approx(ptq["int8"]["top1"])  # evaluate runs the same int8 artifact
+        assert ev["fp32"]["top1"] == pytest.approx(ptq["fp32"]["top1"], abs=0.02)
+        path = run / b / "seed-0" / "result.json"
+        path.write_text(json.dumps(dict(r, status="failed", stages=r["stages"][:2])))
+    assert result(run, "paddle")["stages"][1]["start_weights"] == "torch's trained weights of 'fp32'"
+    report = (run / "report.md").read_text()
+    for text in ("## Quantization", "quant_post_static", "prepare_fx", "McNemar", "fbgemm"):
+        assert text in report, text
+    p = cli("run-recipe", "--resume", str(run))
+    assert p.returncode == 0, p.stdout + p.stderr
+    for b in ("torch", "paddle"):
+        r = result(run, b)
+        assert r["resumed_stages"] == ["train_fp32", "ptq"]
+        assert r["stages"][2]["models"]["int8"]["top1"] == pytest.approx(r["stages"][1]["int8"]["top1"])
+
+
+def test_qat_smoke_on_both_backends(tmp_path: Path):
+    p = cli("run-recipe", "quant_qat_mobilenet", "--profile", "smoke", "--out", str(tmp_path))
+    assert p.returncode == 0, p.stdout + p.stderr
+    run = run_dir(tmp_path, "quant_qat_mobilenet")
+    for b in ("torch", "paddle"):
+        qat = result(run, b)["stages"][1]
+        assert qat["mode"] == "qat" and qat["qat"]["epochs"] == 1 and len(qat["qat"]["history"]) == 1
+        check_int8(run, b, qat)
+    assert "qat (QAT)" in (run / "report.md").read_text()  # QAT fine-tuning shows in the training table
+
+
+def test_compress_pipeline_smoke_distill_prune_finetune_quantize(tmp_path: Path):
+    p = cli("run-recipe", "compress_resnet50_mobilenet", "--profile", "smoke", "--out", str(tmp_path))
+    assert p.returncode == 0, p.stdout + p.stderr
+    run = run_dir(tmp_path, "compress_resnet50_mobilenet")
+    for b in ("torch", "paddle"):
+        r = result(run, b)
+        assert [s["type"] for s in r["stages"]] == ["train", "distill", "prune", "train", "quantize", "evaluate",
+                                                    "export"]
+        q = r["stages"][4]
+        assert q["source"] == "student_pruned" and q["start_weights"] == "own trained weights"
+        # The pruned tiny student keeps ~2k conv weights: per-channel scales and BN parameters weigh as much,
+        # and 8-bit steps move a few of the 64 synthetic samples; only loose bounds hold here (the default
+        # profile's MobileNetV2 is the real test).
+        check_int8(run, b, q, max_ratio=0.9, max_drop=0.2)
+        ex = r["stages"][6]["models"]
+        assert ex["student_pruned"]["macs"] < 0.5 * ex["student_kd"]["macs"]
+        assert set(r["stages"][5]["models"]) == {"teacher", "student_kd", "student_pruned", "student_int8"}
+
+
+def test_dynamic_mode_runs_on_torch_and_paddle_says_why_it_cannot(tmp_path: Path):
+    p = cli("run-recipe", "quant_ptq_resnet50", "--profile", "smoke", "--out", str(tmp_path),
+            "--set", "stages.ptq.mode=dynamic")
+    assert p.returncode == 1
+    run = run_dir(tmp_path, "quant_ptq_resnet50")
+    torch_r, paddle_r = result(run, "torch"), result(run, "paddle")
+    assert torch_r["status"] == "ok" and torch_r["stages"][1]["mode"] == "dynamic"
+    assert paddle_r["status"] == "failed" and paddle_r["error"]["type"] == "UnsupportedStage"
+    assert "backend 'paddle' does not support quantize mode 'dynamic'" in p.stdout
+    assert "Failures" in (run / "report.md").read_text()
