@@ -365,7 +365,7 @@ def _quantization_section(ix: _Index) -> str:
             rows.append([f"`{st['name']}`", BACKEND_TITLES.get(b, b), str(seed), f"{st['mode']} ({calib})",
                          f"{fp['size_mb']:.2f} → {q['size_mb']:.2f} ({st['size_ratio'] * 100:.0f}%)",
                          f"{fp['top1'] * 100:.2f}% → {q['top1'] * 100:.2f}%",
-                         f"{st['accuracy_drop'] * 100:+.2f} [{lo * 100:+.2f}, {hi * 100:+.2f}]",
+                         f"{st['accuracy_drop'] * 100 + 0.0:+.2f} [{lo * 100 + 0.0:+.2f}, {hi * 100 + 0.0:+.2f}]",
                          f"{cmp['agreement'] * 100:.1f}%", f"{cmp['mcnemar_p']:.3g}"] + lat)
             lowerings[b] = st["lowering"]
             starts.add(f"{BACKEND_TITLES.get(b, b)}: {st['start_weights']}")
