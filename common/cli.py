@@ -92,6 +92,14 @@ def run_recipe(argv: list[str] | None = None) -> int:
 
 
 @_guard
+def _headline(desc: str, width: int = 90) -> str:
+    """The part of a description before its first colon (recipes open with 'What: how ...'), else cut at a word."""
+    head = desc.split(":", 1)[0]
+    if len(head) <= width:
+        return head
+    return desc[:width].rsplit(" ", 1)[0] + " ..."
+
+
 def slimbench(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="slimbench", description="slimbench: compare model compression on "
                                 "PyTorch and PaddlePaddle.")
@@ -106,8 +114,8 @@ def slimbench(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if a.command == "list":
         for name, path in builtin_recipes().items():
-            desc = (yaml.safe_load(path.read_text()) or {}).get("description", "")
-            print(f"{name:32s} {' '.join(str(desc).split())[:100]}")
+            desc = " ".join(str((yaml.safe_load(path.read_text()) or {}).get("description", "")).split())
+            print(f"{name:30s} {_headline(desc)}")
         return 0
     if a.command == "show":
         recipe = load_recipe(a.recipe, a.profile, a.overrides, _seeds(a.seeds) if a.seeds else None)
