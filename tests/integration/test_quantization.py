@@ -21,6 +21,13 @@ def result(run: Path, backend: str) -> dict:
     return json.loads((run / backend / "seed-0" / "result.json").read_text())
 
 
+def smoke(out: Path, recipe: str) -> Path:
+    """Run a recipe's smoke profile on both backends; return its run directory."""
+    p = cli("run-recipe", recipe, "--profile", "smoke", "--out", str(out))
+    assert p.returncode == 0, p.stdout + p.stderr
+    return run_dir(out, recipe)
+
+
 def weight_bytes(seed_dir: Path, files: list[str]) -> int:
     """Bytes of the weight payload: the whole file for torch (.pt2 / .pt), the .pdiparams file for Paddle
     (its .pdmodel program grows with the quantize/dequantize ops and dominates for a tiny model)."""
@@ -44,9 +51,7 @@ def check_int8(run: Path, backend: str, stage: dict, max_ratio: float = 0.4, max
 
 
 def test_ptq_smoke_on_both_backends_is_real_int8_and_resume_reopens_the_int8_artifact(tmp_path: Path):
-    p = cli("run-recipe", "quant_ptq_resnet50", "--profile", "smoke", "--out", str(tmp_path))
-    assert p.returncode == 0, p.stdout + p.stderr
-    run = run_dir(tmp_path, "quant_ptq_resnet50")
+    run = smoke(tmp_path, "quant_ptq_resnet50")
     for b in ("torch", "paddle"):
         r = result(run, b)
         ptq = r["stages"][1]
@@ -70,9 +75,7 @@ def test_ptq_smoke_on_both_backends_is_real_int8_and_resume_reopens_the_int8_art
 
 
 def test_qat_smoke_on_both_backends(tmp_path: Path):
-    p = cli("run-recipe", "quant_qat_mobilenet", "--profile", "smoke", "--out", str(tmp_path))
-    assert p.returncode == 0, p.stdout + p.stderr
-    run = run_dir(tmp_path, "quant_qat_mobilenet")
+    run = smoke(tmp_path, "quant_qat_mobilenet")
     for b in ("torch", "paddle"):
         qat = result(run, b)["stages"][1]
         assert qat["mode"] == "qat" and qat["qat"]["epochs"] == 1 and len(qat["qat"]["history"]) == 1
@@ -81,9 +84,7 @@ def test_qat_smoke_on_both_backends(tmp_path: Path):
 
 
 def test_compress_pipeline_smoke_distill_prune_finetune_quantize(tmp_path: Path):
-    p = cli("run-recipe", "compress_resnet50_mobilenet", "--profile", "smoke", "--out", str(tmp_path))
-    assert p.returncode == 0, p.stdout + p.stderr
-    run = run_dir(tmp_path, "compress_resnet50_mobilenet")
+    run = smoke(tmp_path, "compress_resnet50_mobilenet")
     for b in ("torch", "paddle"):
         r = result(run, b)
         assert [s["type"] for s in r["stages"]] == ["train", "distill", "prune", "train", "quantize", "evaluate",
