@@ -103,8 +103,9 @@ class Backend(Protocol):
         """How this backend realises the quantize stage: tool, engine, weight/activation schemes, calibration."""
 
     def quantize_static(self, model: Any, cfg: QuantizeStage, calibration: list[np.ndarray], example: np.ndarray,
-                        out_dir: Path, threads: int) -> QuantizedModel:
-        """Post-training static int8: calibrate on the given batches, convert, export, load on the int8 runtime."""
+                        fp32_artifact: ExportedArtifact, out_dir: Path, threads: int) -> QuantizedModel:
+        """Post-training static int8: calibrate on the given batches, convert, export, load on the int8 runtime.
+        `fp32_artifact` is the exported fp32 file of the same weights (a file-based tool quantizes that file)."""
 
     def quantize_dynamic(self, model: Any, cfg: QuantizeStage, example: np.ndarray, out_dir: Path,
                          threads: int) -> QuantizedModel: ...

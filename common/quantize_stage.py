@@ -71,7 +71,7 @@ def run_quantize(ctx: RunContext, stage: Stage) -> dict[str, Any]:
         calib = calibration_batches(ctx, cfg.calibration_batches)
         record.update(calibration=cfg.calibration, calibration_batches=len(calib),
                       calibration_samples=int(sum(len(b) for b in calib)))
-        qm = ctx.backend.quantize_static(work, cfg, calib, example, art_dir / "int8", ctx.threads)
+        qm = ctx.backend.quantize_static(work, cfg, calib, example, fp32_artifact, art_dir / "int8", ctx.threads)
     elif cfg.mode == "dynamic":
         qm = ctx.backend.quantize_dynamic(work, cfg, example, art_dir / "int8", ctx.threads)
     else:

@@ -109,8 +109,9 @@ class PaddleBackend:
         return quantize.lowering(cfg)
 
     def quantize_static(self, model: paddle.nn.Layer, cfg: QuantizeStage, calibration: list[np.ndarray],
-                        example: np.ndarray, out_dir: Path, threads: int) -> QuantizedModel:
-        return quantize.quantize_static(model, cfg, calibration, example, out_dir, threads)
+                        example: np.ndarray, fp32_artifact: ExportedArtifact, out_dir: Path,
+                        threads: int) -> QuantizedModel:
+        return quantize.quantize_static(model, cfg, calibration, example, fp32_artifact, out_dir, threads)
 
     def quantize_dynamic(self, model: paddle.nn.Layer, cfg: QuantizeStage, example: np.ndarray, out_dir: Path,
                          threads: int) -> QuantizedModel:

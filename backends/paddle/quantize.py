@@ -17,7 +17,6 @@ import paddle
 from paddle import nn
 
 from backends.base import ExportedArtifact, QuantizedModel
-from backends.paddle.export import export_model
 from backends.paddle.measure import load_predictor
 from backends.paddle.prune import get_masks
 from common.capture import recorded_warnings
@@ -81,21 +80,20 @@ def _static_mode(fn: Callable[[], Any]) -> Any:
 
 
 def quantize_static(model: nn.Layer, cfg: QuantizeStage, calibration: list[np.ndarray], example: np.ndarray,
-                    out_dir: Path, threads: int) -> QuantizedModel:
+                    fp32_artifact: ExportedArtifact, out_dir: Path, threads: int) -> QuantizedModel:
+    """PaddleSlim's static PTQ reads an inference model: it quantizes the very fp32 file that is measured."""
     from paddleslim.quant import quant_post_static
-    fp32_dir = out_dir / "fp32_input"
-    export_model(model, example, fp32_dir)
     staging = out_dir / "staging"
 
     def run() -> None:
-        quant_post_static(paddle.static.Executor(paddle.CPUPlace()), str(fp32_dir), str(staging),
-                          data_loader=_CalibrationLoader(calibration, "x"), model_filename="model.pdmodel",
-                          params_filename="model.pdiparams", batch_nums=len(calibration),
+        quant_post_static(paddle.static.Executor(paddle.CPUPlace()), str(fp32_artifact.entry.parent), str(staging),
+                          data_loader=_CalibrationLoader(calibration, "x"), model_filename=fp32_artifact.entry.name,
+                          params_filename=fp32_artifact.entry.with_suffix(".pdiparams").name,
+                          batch_nums=len(calibration),
                           algo=_PTQ_ALGOS[cfg.calibration], weight_quantize_type=_weight_type(cfg),
                           onnx_format=True)
 
     _, caught = recorded_warnings(lambda: _static_mode(run))
-    shutil.rmtree(fp32_dir)
     return _finish(staging, out_dir, threads, caught)
 
 

@@ -114,8 +114,9 @@ class TorchBackend:
         return quantize.ENGINE.lowering(cfg)
 
     def quantize_static(self, model: torch.nn.Module, cfg: QuantizeStage, calibration: list[np.ndarray],
-                        example: np.ndarray, out_dir: Path, threads: int) -> QuantizedModel:
-        return quantize.quantize_static(model, cfg, calibration, example, out_dir, threads)
+                        example: np.ndarray, fp32_artifact: ExportedArtifact, out_dir: Path,
+                        threads: int) -> QuantizedModel:
+        return quantize.quantize_static(model, cfg, calibration, example, fp32_artifact, out_dir, threads)
 
     def quantize_dynamic(self, model: torch.nn.Module, cfg: QuantizeStage, example: np.ndarray, out_dir: Path,
                          threads: int) -> QuantizedModel:

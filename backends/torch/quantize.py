@@ -85,7 +85,9 @@ def _fp32_copy(model: nn.Module, train: bool) -> nn.Module:
 
 
 def quantize_static(model: nn.Module, cfg: QuantizeStage, calibration: list[np.ndarray], example: np.ndarray,
-                    out_dir: Path, threads: int) -> QuantizedModel:
+                    fp32_artifact: ExportedArtifact, out_dir: Path, threads: int) -> QuantizedModel:
+    """FX quantization works on the module (a torch.export program cannot be FX-quantized); the fp32
+    artifact is the same weights and is not needed here."""
     ENGINE.activate()
     x = torch.from_numpy(example)
 
