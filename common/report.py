@@ -14,6 +14,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from common.metrics import paired_predictions
 from common.results import atomic_write_text, load_results, read_json
 
 BACKEND_TITLES = {"torch": "PyTorch", "paddle": "PaddlePaddle"}
@@ -140,7 +141,8 @@ def build_markdown(run_dir: Path, results: list[dict], meta: dict) -> str:
     desc = meta.get("recipe", {}).get("description")
     if desc:
         w(f"> {desc.strip()}\n\n")
-    w(f"Run `{run_dir.name}`, profile `{meta.get('profile')}`, seeds {', '.join(map(str, seeds))} "
+    run_id = results[0].get("run_id", run_dir.name) if results else run_dir.name
+    w(f"Run `{run_id}`, profile `{meta.get('profile')}`, seeds {', '.join(map(str, seeds))} "
       f"(values are mean ± std over seeds where n > 1), {meta.get('threads')} CPU thread(s) per backend. "
       f"Generated {time.strftime('%Y-%m-%d %H:%M')} from the result files in `{run_dir.name}/`.\n\n")
     w(f"Command: `{meta.get('command', '?')}`\n\n")
@@ -194,6 +196,8 @@ def build_markdown(run_dir: Path, results: list[dict], meta: dict) -> str:
     header += [f"{n} top-5" for n in names]
     w(_table(header, rows))
     w("\n")
+
+    w(_agreement_section(run_dir, ix))
 
     w("## Exported artifacts (measured from the files on disk)\n\n")
     rows, runtimes = [], {}
@@ -348,6 +352,43 @@ def _pruning_section(ix: _Index) -> str:
     return "\n".join(out[:1]) + "\n" + "".join(out[1:])
 
 
+def _agreement_section(run_dir: Path, ix: _Index) -> str:
+    """Per-sample comparison of the two frameworks on the validation split (same seed, same model slot)."""
+    if len(ix.backends) != 2:
+        return ""
+    a, b = ix.backends
+    rows, missing = [], 0
+    evals_b = {(seed, st["name"]): st for seed, st in ix.stage_records(b, "evaluate")}
+    for seed, st in ix.stage_records(a, "evaluate"):
+        other = evals_b.get((seed, st["name"]))
+        if other is None:
+            continue
+        for slot, m in st["models"].items():
+            files = [run_dir / be / f"seed-{seed}" / rec.get("predictions", "")
+                     for be, rec in ((a, m), (b, other["models"].get(slot, {})))]
+            if not all(f.is_file() for f in files):
+                missing += 1
+                continue
+            pa, pb = (np.load(f) for f in files)
+            if not np.array_equal(pa["label"], pb["label"]):
+                raise ValueError(f"{files[0]} and {files[1]} cover different validation samples")
+            c = paired_predictions(pa["pred"], pb["pred"], pa["label"])
+            rows.append([f"`{slot}`", str(seed), f"{c['agreement'] * 100:.1f}%", str(c["only_a_correct"]),
+                         str(c["only_b_correct"]), f"{c['diff'] * 100 + 0.0:+.2f} [{c['diff_ci95'][0] * 100 + 0.0:+.2f}, "
+                         f"{c['diff_ci95'][1] * 100 + 0.0:+.2f}]", f"{c['mcnemar_p']:.3g}"])
+    if not rows:
+        return ""
+    na, nb = BACKEND_TITLES.get(a, a), BACKEND_TITLES.get(b, b)
+    out = ["## Same samples, same answers? (per-sample comparison of the frameworks)\n\n",
+           _table(["model", "seed", "same prediction", f"only {na} right", f"only {nb} right",
+                   f"Δ top-1 ({nb} − {na}), pts [95% CI]", "McNemar p"], rows),
+           "\nMcNemar's exact test on the samples only one framework classifies correctly: a small p means the "
+           "accuracy difference is unlikely to be chance on this validation split.\n"]
+    if missing:
+        out.append(f"\n({missing} model(s) without saved predictions on both backends are left out.)\n")
+    return "".join(out) + "\n"
+
+
 def _quantization_section(ix: _Index) -> str:
     """int8 artifact next to the fp32 artifact of the same weights, per backend and seed."""
     rows, lowerings, starts, warned = [], {}, set(), {}
@@ -457,7 +498,8 @@ def write_report(run_dir: Path, out_dir: Path | None = None) -> Path:
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_text(out_dir / "results.csv", buf.getvalue())
-    atomic_write_text(out_dir / "results.json", json.dumps({"run": run_dir.name, "rows": rows}, indent=1) + "\n")
+    run_id = results[0].get("run_id", run_dir.name)
+    atomic_write_text(out_dir / "results.json", json.dumps({"run": run_id, "rows": rows}, indent=1) + "\n")
     path = out_dir / "report.md"
     atomic_write_text(path, md)
     return path

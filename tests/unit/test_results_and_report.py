@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from common.report import build_markdown, flat_rows, write_report
@@ -110,3 +111,21 @@ def test_quantization_section_and_rows(tmp_path: Path):
     assert 'PyTorch warned: "x is deprecated"' in md
     rows = {(x["metric"]): x["value"] for x in flat_rows(load_results(run)) if x["stage"] == "ptq"}
     assert rows["size_ratio"] == 0.25 and rows["speedup_b1"] == 4.0 and rows["int8_latency_b1_p50_ms"] == 2.5
+
+
+def test_per_sample_agreement_between_frameworks_hand_computed(tmp_path: Path):
+    labels = np.array([0, 1, 2, 3, 0, 1], dtype=np.int16)
+    preds = {"torch": np.array([0, 1, 2, 3, 1, 1]), "paddle": np.array([0, 1, 2, 0, 0, 2])}
+    results = []
+    for b, pred in preds.items():
+        r = _result(b, 0, {"m": float((pred == labels).mean())})
+        r["stages"][0]["models"]["m"]["predictions"] = "predictions/evaluate__m.npz"
+        results.append(r)
+    run = _write_run(tmp_path, results)
+    for b, pred in preds.items():
+        (run / b / "seed-0" / "predictions").mkdir()
+        np.savez(run / b / "seed-0" / "predictions" / "evaluate__m.npz", pred=pred.astype(np.int16), label=labels)
+    md = build_markdown(run, load_results(run), META)
+    # 3 of 6 agree; torch alone right on 2 samples, paddle alone on 1; diff -1/6; McNemar 2*(1+3)/8 -> 1
+    half = 1.96 * np.array([0, 0, 0, -1, 1, -1.0]).std(ddof=1) / np.sqrt(6) * 100
+    assert (f"| `m` | 0 | 50.0% | 2 | 1 | -16.67 [{-100 / 6 - half:+.2f}, {-100 / 6 + half:+.2f}] | 1 |") in md
