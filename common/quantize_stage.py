@@ -16,7 +16,7 @@ from backends.base import ExportedArtifact, QuantizedModel
 from common.errors import UnsupportedStage
 from common.metrics import classification_metrics, latency_summary, paired_predictions, time_alternating
 from common.recipe import QuantizeStage, Stage
-from common.stages import RunContext, fit, register_executor, start_from_reference
+from common.stages import RunContext, fit, predict_validation, register_executor, start_from_reference
 
 
 def calibration_batches(ctx: RunContext, n: int) -> list[np.ndarray]:
@@ -30,14 +30,6 @@ def calibration_batches(ctx: RunContext, n: int) -> list[np.ndarray]:
                 break
         epoch += 1
     return out
-
-
-def _predict_all(predict, ctx: RunContext) -> tuple[np.ndarray, np.ndarray]:
-    logits, labels = [], []
-    for x, y in ctx.stream.val_batches():
-        logits.append(predict(x))
-        labels.append(y)
-    return np.concatenate(logits), np.concatenate(labels)
 
 
 def _artifact_record(artifact: ExportedArtifact, root: Path) -> dict[str, Any]:
@@ -90,8 +82,8 @@ def measure_pair(ctx: RunContext, stage: Stage, fp32_artifact: ExportedArtifact,
     """Accuracy, per-sample agreement, size and latency of the int8 artifact next to its fp32 artifact."""
     cfg: QuantizeStage = stage.config
     fp32_predict = ctx.backend.load_artifact(fp32_artifact, ctx.threads)
-    fp32_logits, labels = _predict_all(fp32_predict, ctx)
-    int8_logits, _ = _predict_all(qm.predict, ctx)
+    fp32_logits, labels = predict_validation(fp32_predict, ctx.stream)
+    int8_logits, _ = predict_validation(qm.predict, ctx.stream)
     fp32_acc, int8_acc = classification_metrics(fp32_logits, labels), classification_metrics(int8_logits, labels)
     pred_fp32, pred_int8 = fp32_logits.argmax(1), int8_logits.argmax(1)
     pairs = paired_predictions(pred_fp32, pred_int8, labels)

@@ -81,12 +81,17 @@ def compressed_size(files: list[Path]) -> int:
     return sum(len(zlib.compress(f.read_bytes(), 6)) for f in files)
 
 
-def evaluate_logits(backend: Backend, model: Any, stream: BatchStream) -> tuple[np.ndarray, np.ndarray]:
+def predict_validation(predict: Callable[[np.ndarray], np.ndarray], stream: BatchStream) -> tuple[np.ndarray, np.ndarray]:
+    """Logits of `predict` (a model or an artifact's predictor) and the labels, over the validation split."""
     logits, labels = [], []
     for x, y in stream.val_batches():
-        logits.append(backend.predict(model, x))
+        logits.append(predict(x))
         labels.append(y)
     return np.concatenate(logits), np.concatenate(labels)
+
+
+def evaluate_logits(backend: Backend, model: Any, stream: BatchStream) -> tuple[np.ndarray, np.ndarray]:
+    return predict_validation(lambda x: backend.predict(model, x), stream)
 
 
 def recalibrate_bn(ctx: RunContext, model: Any, batches: int, epoch: int) -> None:
@@ -303,11 +308,7 @@ def run_export(ctx: RunContext, stage: Stage) -> dict[str, Any]:
         predict = ctx.backend.load_artifact(artifact, ctx.threads)
         probe = ctx.stream.val_images(ctx.recipe.parity.probe_batch)
         agreement = logit_difference(ctx.backend.predict(model, probe), predict(probe))
-        logits, labels = [], []
-        for x, y in ctx.stream.val_batches():
-            logits.append(predict(x))
-            labels.append(y)
-        acc = classification_metrics(np.concatenate(logits), np.concatenate(labels))
+        acc = classification_metrics(*predict_validation(predict, ctx.stream))
         latency = {}
         for bs in cfg.measure.batch_sizes:
             x = ctx.stream.val_images(bs)
