@@ -15,3 +15,8 @@ def recorded_warnings(fn: Callable[[], Any]) -> tuple[Any, list[str]]:
         first_line = (str(w.message).strip().splitlines() or [""])[0]
         seen.setdefault(" ".join(first_line.split())[:200], None)
     return value, list(seen)
+
+
+def merge_distinct(*groups: list[str]) -> list[str]:
+    """Warning lists of several steps as one, each message once, in first-seen order."""
+    return list(dict.fromkeys(m for g in groups for m in g))

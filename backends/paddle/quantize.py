@@ -19,7 +19,7 @@ from paddle import nn
 from backends.base import ExportedArtifact, QuantizedModel
 from backends.paddle.measure import load_predictor
 from backends.paddle.prune import get_masks
-from common.capture import recorded_warnings
+from common.capture import merge_distinct, recorded_warnings
 from common.errors import UnsupportedStage
 from common.recipe import QuantizeStage
 
@@ -126,7 +126,7 @@ def convert_qat(prepared: nn.Layer, cfg: QuantizeStage, example: np.ndarray, out
     spec = [paddle.static.InputSpec([None, *example.shape[1:]], "float32", "x")]
     _, caught = recorded_warnings(lambda: quanter.save_quantized_model(prepared, str(staging / "model"),
                                                                         input_spec=spec))
-    return _finish(staging, out_dir, threads, earlier + [c for c in caught if c not in earlier])
+    return _finish(staging, out_dir, threads, merge_distinct(earlier, caught))
 
 
 def _finish(staging: Path, out_dir: Path, threads: int, caught: list[str]) -> QuantizedModel:

@@ -20,7 +20,7 @@ from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx, prepare_qa
 
 from backends.base import ExportedArtifact, QuantizedModel
 from backends.torch.prune import get_masks, without_reparametrization
-from common.capture import recorded_warnings
+from common.capture import merge_distinct, recorded_warnings
 from common.errors import UnsupportedStage
 from common.recipe import QuantizeStage
 
@@ -83,7 +83,6 @@ def _fp32_copy(model: nn.Module, train: bool) -> nn.Module:
     return m.train() if train else m.eval()
 
 
-
 def quantize_static(model: nn.Module, cfg: QuantizeStage, calibration: list[np.ndarray], example: np.ndarray,
                     fp32_artifact: ExportedArtifact, out_dir: Path, threads: int) -> QuantizedModel:
     """FX quantization works on the module (a torch.export program cannot be FX-quantized); the fp32
@@ -142,7 +141,7 @@ def convert_qat(prepared: nn.Module, cfg: QuantizeStage, example: np.ndarray, ou
     ENGINE.activate()
     earlier = getattr(prepared, "_slimbench_warnings", [])
     converted, caught = recorded_warnings(lambda: convert_fx(copy.deepcopy(prepared).cpu().eval()))
-    return _save(converted, example, out_dir, threads, earlier + [c for c in caught if c not in earlier])
+    return _save(converted, example, out_dir, threads, merge_distinct(earlier, caught))
 
 
 def _save(converted: nn.Module, example: np.ndarray, out_dir: Path, threads: int, caught: list[str]) -> QuantizedModel:
@@ -159,7 +158,7 @@ def _save(converted: nn.Module, example: np.ndarray, out_dir: Path, threads: int
     tmp.replace(path)
     artifact = ExportedArtifact(format=FORMAT, files=[path], entry=path)
     qm = load_quantized(artifact, threads)
-    qm.info["framework_warnings"] = caught + [m for m in more if m not in caught]
+    qm.info["framework_warnings"] = merge_distinct(caught, more)
     return qm
 
 

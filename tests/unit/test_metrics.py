@@ -85,3 +85,8 @@ def test_recorded_warnings_keeps_distinct_first_lines_in_order():
         return 7
 
     assert recorded_warnings(noisy) == (7, ["x is deprecated. Use y", "second"])
+
+
+def test_merge_distinct_keeps_first_seen_order():
+    from common.capture import merge_distinct
+    assert merge_distinct(["a", "b"], ["b", "c", "a"], ["d"]) == ["a", "b", "c", "d"]
