@@ -59,7 +59,8 @@ def run_recipe(argv: list[str] | None = None) -> int:
                                 "PaddlePaddle and write comparable results and a report.")
     p.add_argument("recipe", nargs="?", help="built-in recipe name (see `slimbench list`) or path to a recipe .yaml")
     p.add_argument("--resume", type=Path, metavar="RUN_DIR", default=None,
-                   help="finish an interrupted or failed run in place (completed stages are kept)")
+                   help="finish an interrupted or failed run in place (completed stages are kept); "
+                   "with --seeds, also run the seeds the run does not have yet")
     p.add_argument("--backend", default="all", help="torch | paddle | all (default)")
     _recipe_args(p)
     p.add_argument("--out", type=Path, default=Path("runs"), help="runs directory (default ./runs)")
@@ -69,12 +70,12 @@ def run_recipe(argv: list[str] | None = None) -> int:
     from common.report import write_report
     from common.runner import resume_run, run_recipe as run
     if a.resume:
-        if a.recipe or a.overrides or a.seeds or a.profile != "default":
-            raise UsageError("--resume RUN_DIR takes the recipe, profile and seeds from the run itself: "
-                             "pass no recipe, --profile, --set or --seeds")
+        if a.recipe or a.overrides or a.profile != "default":
+            raise UsageError("--resume RUN_DIR takes the recipe and profile from the run itself: pass no recipe, "
+                             "--profile or --set (--seeds adds seeds to the run)")
         if not (a.resume / "run.json").is_file():
             raise UsageError(f"{a.resume} is not a run directory (no run.json): pass runs/<recipe>/<run-id>")
-        outcome = resume_run(a.resume)
+        outcome = resume_run(a.resume, _seeds(a.seeds) if a.seeds else ())
     else:
         if not a.recipe:
             raise UsageError("give a recipe (see `slimbench list`) or --resume RUN_DIR")

@@ -294,8 +294,10 @@ class Recipe:
         return next(s for s in self.stages if s.name == name)
 
     def digest(self) -> str:
-        """Hash of the resolved recipe, recorded in results so reports can tell runs of different recipes apart."""
-        return hashlib.sha256(json.dumps(self.raw, sort_keys=True).encode()).hexdigest()[:16]
+        """Hash of the resolved recipe without its seed list, recorded in results so reports can tell runs of
+        different recipes apart; seeds are replicates of one experiment (a run extended by more seeds keeps it)."""
+        body = {k: v for k, v in self.raw.items() if k != "seeds"}
+        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
 
 
 class _Loader(yaml.SafeLoader):

@@ -101,12 +101,19 @@ def run_recipe(recipe: Recipe, backends: list[str], out: Path, command: str, thr
     return _execute(run_dir, recipe, backends, threads, resume=False)
 
 
-def resume_run(run_dir: Path) -> RunOutcome:
-    """Finish an interrupted or failed run in place: finished (backend, seed) runs and completed stages are kept."""
+def resume_run(run_dir: Path, add_seeds: tuple[int, ...] = ()) -> RunOutcome:
+    """Finish an interrupted or failed run in place: finished (backend, seed) runs and completed stages are kept.
+    `add_seeds` extends the run by more replicates of the same recipe (a 1-seed run grown to 3 keeps its seed 0)."""
     from common.worker import load_run_recipe
     meta = read_json(run_dir / "run.json")
+    new = [s for s in add_seeds if s not in meta["seeds"]]
+    if new:
+        meta["seeds"] = meta["recipe"]["seeds"] = sorted(set(meta["seeds"]) | set(new))
+        meta.setdefault("extended", []).append({"seeds": new, "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        atomic_write_json(run_dir / "run.json", meta)
     recipe = load_run_recipe(run_dir)
-    print(f"slimbench: resuming {run_dir} ({recipe.name}, profile {recipe.profile})", flush=True)
+    print(f"slimbench: resuming {run_dir} ({recipe.name}, profile {recipe.profile})"
+          + (f"; adding seed(s) {', '.join(map(str, new))}" if new else ""), flush=True)
     return _execute(run_dir, recipe, meta["backends"], meta["threads"], resume=True)
 
 

@@ -3,7 +3,12 @@ from __future__ import annotations
 
 import os
 import platform
+import subprocess
 from pathlib import Path
+
+import numpy as np
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 _FLAGS_OF_INTEREST = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8", "amx_bf16", "fma")
 
@@ -21,5 +26,20 @@ def cpu_info() -> dict[str, object]:
             "flags": sorted(f for f in _FLAGS_OF_INTEREST if f in flags)}
 
 
+def project_commit() -> dict[str, object] | None:
+    """The slimbench commit that produced a result, and whether the tree had local changes: a figure is only
+    reproducible from a known commit. None outside a git checkout (e.g. an installed wheel)."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=30,
+                              check=True).stdout.strip()
+    try:
+        commit = git("rev-parse", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {"commit": commit, "dirty": dirty}
+
+
 def platform_info() -> dict[str, object]:
-    return {"python": platform.python_version(), "os": platform.platform(), "cpu": cpu_info()}
+    return {"python": platform.python_version(), "numpy": np.__version__, "os": platform.platform(),
+            "cpu": cpu_info(), "slimbench": project_commit()}
