@@ -19,7 +19,12 @@ __all__ = ["Backend", "StepRunner", "ExportedArtifact", "QuantizedModel", "load_
 
 
 class StepRunner(Protocol):
-    """One optimizer step on a numpy batch at a learning rate computed by common/schedule."""
+    """One optimizer step on a numpy batch at a learning rate computed by common/schedule.
+
+    A runner may also define `normalize_on_device(mean, std) -> bool`: when it returns True, `step` receives
+    the uint8 images and normalizes them on its device as ((x / 255) - mean) / std in float32, the same IEEE
+    operations in the same order as BatchStream.normalize, so the values stay bit-identical (a GPU then copies
+    a quarter of the bytes; measured in benchmarks/README.md)."""
 
     def step(self, x: np.ndarray, y: np.ndarray, lr: float) -> float: ...
 

@@ -16,27 +16,43 @@ def _optimizer(model: torch.nn.Module, name: str, lr: float, wd: float, momentum
 
 
 def train(model: torch.nn.Module, batches: list[tuple[np.ndarray, np.ndarray]], lrs: list[float], opt: dict,
-          device: str, teacher: torch.nn.Module | None = None, temperature: float = 4.0, alpha: float = 0.9) -> float:
-    """Seconds for one pass over `batches`: plain CE training, or Hinton KD when a teacher is given."""
+          device: str, teacher: torch.nn.Module | None = None, temperature: float = 4.0, alpha: float = 0.9,
+          amp: str = "off", channels_last: bool = False, compile: bool = False) -> float:
+    """Seconds for one pass over `batches`: plain CE training, or Hinton KD when a teacher is given; `amp`
+    (bf16 | fp16 with a GradScaler), `channels_last` and `compile` as a user would write them."""
     optimizer = _optimizer(model, opt["name"], lrs[0], opt["weight_decay"], opt["momentum"])
-    model.train()
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model.to(memory_format=fmt)
     if teacher is not None:
-        teacher.eval()
+        teacher.to(memory_format=fmt).eval()
+    student = torch.compile(model) if compile else model
+    teach = torch.compile(teacher) if compile and teacher is not None else teacher
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+    scaler = torch.amp.GradScaler(device) if amp == "fp16" else None
+    model.train()
     t0 = time.perf_counter()
     for (x, y), lr in zip(batches, lrs):
         for g in optimizer.param_groups:
             g["lr"] = lr
-        xb, yb = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
-        out = model(xb)
-        loss = F.cross_entropy(out, yb)
-        if teacher is not None:
-            with torch.no_grad():
-                t = teacher(xb)
-            kd = F.kl_div(F.log_softmax(out / temperature, 1), F.softmax(t / temperature, 1), reduction="batchmean")
-            loss = alpha * temperature ** 2 * kd + (1 - alpha) * loss
+        xb = torch.from_numpy(x).to(device).contiguous(memory_format=fmt)
+        yb = torch.from_numpy(y).to(device)
+        with torch.autocast(device, dtype=dtype, enabled=dtype is not None):
+            out = student(xb)
+            loss = F.cross_entropy(out, yb)
+            if teach is not None:
+                with torch.no_grad():
+                    t = teach(xb)
+                kd = F.kl_div(F.log_softmax(out.float() / temperature, 1), F.softmax(t.float() / temperature, 1),
+                              reduction="batchmean")
+                loss = alpha * temperature ** 2 * kd + (1 - alpha) * loss
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
         loss.item()
     if device == "cuda":
         torch.cuda.synchronize()

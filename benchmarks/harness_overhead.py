@@ -2,7 +2,8 @@
 the data pipeline's share of a step, and its latency measurement against a minimal timing loop.
 
     python benchmarks/harness_overhead.py                      # both backends, tiny + MobileNetV2 + ResNet50, CPU
-    python benchmarks/harness_overhead.py --backend torch --device cuda --image-size 224 --batch 256 --archs resnet50
+    python benchmarks/harness_overhead.py --backend torch --device cuda --dataset synthetic --image-size 224 \
+        --batch 256 --archs mobilenet_v2 --stages distill --variants fp32,bf16,fp16,bf16+channels_last,bf16+channels_last+compile
 
 Each backend runs in its own process (paddle and torch cannot share one). In every round the project's stage
 and the hand-written loop run the same model, batches, optimizer, learning rates, threads and steps, in
@@ -25,12 +26,30 @@ sys.path.insert(0, str(ROOT))
 OPTIMIZER = {"name": "adamw", "lr": 0.002, "weight_decay": 0.05, "momentum": 0.9}
 
 
-def recipe_dict(arch: str, image_size: int, batch: int, steps: int, teacher: str) -> dict:
-    """A minimal recipe: `steps` training batches of digits, a tiny validation split."""
+VARIANT_OPTIONS = ("fp32", "bf16", "fp16", "channels_last", "compile")
+
+
+def runtime_options(variant: str) -> dict:
+    """`bf16+channels_last+compile` -> the recipe's runtime keys; `fp32` alone means no option."""
+    parts = [v for v in variant.split("+") if v]
+    unknown = [v for v in parts if v not in VARIANT_OPTIONS]
+    if unknown:
+        raise SystemExit(f"--variants: unknown option(s) {unknown} in {variant!r}; accepted: "
+                         f"{', '.join(VARIANT_OPTIONS)} joined by '+'")
+    amp = next((v for v in parts if v in ("bf16", "fp16")), "off")
+    return {"amp": amp, "channels_last": "channels_last" in parts, "compile": "compile" in parts}
+
+
+def recipe_dict(arch: str, image_size: int, batch: int, steps: int, teacher: str, dataset: str = "digits",
+                device: str = "cpu", runtime: dict | None = None) -> dict:
+    """A minimal recipe: `steps` training batches (digits, or synthetic images of any count), tiny validation."""
     opt = {"name": OPTIMIZER["name"], "lr": OPTIMIZER["lr"], "weight_decay": OPTIMIZER["weight_decay"]}
-    return {"name": "harness_overhead", "description": "benchmark",
-            "data": {"dataset": "digits", "image_size": image_size, "batch_size": batch,
-                     "train_limit": steps * batch, "val_limit": 8, "eval_batch_size": 8},
+    data = {"dataset": dataset, "image_size": image_size, "batch_size": batch,
+            "train_limit": steps * batch, "val_limit": 8, "eval_batch_size": 8}
+    if dataset == "synthetic":  # enough images for `steps` full batches plus the validation split
+        data.update(synthetic_samples=steps * batch + 64, val_fraction=64 / (steps * batch + 64))
+    return {"name": "harness_overhead", "description": "benchmark", "data": data,
+            "runtime": {"device": device, **(runtime or {})},
             "models": {"net": {"arch": arch}, "teacher": {"arch": teacher}},
             "stages": [{"train": {"name": "train", "model": "net", "optimizer": opt, "schedule": {"name": "cosine"}}},
                        {"distill": {"name": "distill", "teacher": "teacher", "student": "net", "optimizer": opt,
@@ -51,11 +70,14 @@ def worker(args: argparse.Namespace) -> dict:
     hand = __import__(f"benchmarks.handwritten_{args.backend}", fromlist=["train"])
 
     backend = load_backend(args.backend)
-    info = backend.configure(args.threads, args.device, 0)
-    device = info["device"].split(":")[0] if args.backend == "torch" else "cpu"
-    out: dict = {"backend": args.backend, "device": info, "archs": {}}
+    options = runtime_options(args.variant)
+    out: dict = {"backend": args.backend, "variant": args.variant, "archs": {}}
     for arch in args.archs.split(","):
-        recipe = resolve(recipe_dict(arch, args.image_size, args.batch, args.steps, args.teacher), "harness_overhead")
+        recipe = resolve(recipe_dict(arch, args.image_size, args.batch, args.steps, args.teacher, args.dataset,
+                                     args.device, options), "harness_overhead")
+        info = backend.configure(args.threads, args.device, 0, recipe.runtime)
+        device = info["device"].split(":")[0] if args.backend == "torch" else "cpu"
+        out["device"] = info
         stream = BatchStream(load_dataset(recipe.data), recipe.data, 0)
         batches = list(stream.train_epoch(0))
         total = len(batches)
@@ -63,6 +85,9 @@ def worker(args: argparse.Namespace) -> dict:
         models = {slot: backend.build_model(cfg, 10) for slot, cfg in recipe.models.items()}
         hand_models = {slot: backend.build_model(cfg, 10) for slot, cfg in recipe.models.items()}
         with tempfile.TemporaryDirectory() as tmp, open(os.devnull, "w") as devnull:
+            if args.prebuilt_batches:  # diagnosis: the stage without producing its data
+                stream.train_plans = lambda epoch: iter(range(total))
+                stream.materialize = lambda i: batches[i]
             ctx = RunContext(backend, recipe, stream, 10, Path(tmp), args.threads, Progress(stream=devnull),
                              models=dict(models), model_cfgs=dict(recipe.models))
 
@@ -74,29 +99,37 @@ def worker(args: argparse.Namespace) -> dict:
                     torch.cuda.synchronize()
                 return time.perf_counter() - t0
 
-            rec: dict = {"steps": total}
+            rec: dict = {"steps": total, "batch": args.batch, "image_size": args.image_size}
+            if device == "cuda" and stream.raw_available:
+                rec["device_normalization_exact"] = cuda_normalization_exact(stream)
             for kind, stage_fn in (("train", run_train), ("distill", run_distill)):
+                if kind not in args.stages.split(","):
+                    continue
                 stage = recipe.stages[0 if kind == "train" else 1]
                 teacher = hand_models["teacher"] if kind == "distill" else None
                 project_s, hand_s = [], []
-                project(stage_fn, stage)  # warm-up: allocator, kernels, first-call costs
-                hand.train(hand_models["net"], batches, lrs, OPTIMIZER, device, teacher)
+                hand_args = (hand_models["net"], batches, lrs, OPTIMIZER, device, teacher)
+                project(stage_fn, stage)  # warm-up: allocator, kernels, compilation, first-call costs
+                hand.train(*hand_args, **hand_options(hand, options))
                 for r in range(args.rounds):
                     order = ("p", "h") if r % 2 == 0 else ("h", "p")
                     for who in order:
                         if who == "p":
                             project_s.append(project(stage_fn, stage))
                         else:
-                            hand_s.append(hand.train(hand_models["net"], batches, lrs, OPTIMIZER, device, teacher))
+                            hand_s.append(hand.train(*hand_args, **hand_options(hand, options)))
                 rec[kind] = {"project_s": project_s, "hand_s": hand_s,
                              "ratio": float(np.median(project_s) / np.median(hand_s)),
-                             "project_step_s": float(np.median(project_s)) / total}
+                             "project_step_s": float(np.median(project_s)) / total,
+                             "hand_images_per_s": args.batch * total / float(np.median(hand_s)),
+                             "project_images_per_s": args.batch * total / float(np.median(project_s))}
+            step_s = (rec.get("train") or rec["distill"])["project_step_s"]
             t0 = time.perf_counter()
             for _ in range(3):
                 for _batch in stream.train_epoch(1):
                     pass
             rec["data_batch_s"] = (time.perf_counter() - t0) / (3 * total)
-            rec["data_share_of_step"] = rec["data_batch_s"] / rec["train"]["project_step_s"]
+            rec["data_share_of_step"] = rec["data_batch_s"] / step_s
             if device == "cpu":
                 artifact = backend.export(ctx.models["net"], stream.val_images(2), Path(tmp) / "artifact")
                 mine = backend.load_artifact(artifact, args.threads)
@@ -111,10 +144,36 @@ def worker(args: argparse.Namespace) -> dict:
                                   "minimal_p50_ms": float(np.median(p_min)) * 1e3,
                                   "ratio": float(np.median(p_mine) / np.median(p_min))}
         out["archs"][arch] = rec
-        print(f"[{args.backend}] {arch}: train x{rec['train']['ratio']:.3f}, distill x{rec['distill']['ratio']:.3f}, "
-              f"data {rec['data_share_of_step'] * 100:.2f}% of a step"
+        ratios = ", ".join(f"{k} x{rec[k]['ratio']:.3f}" for k in ("train", "distill") if k in rec)
+        exact = ("" if "device_normalization_exact" not in rec else
+                 f", GPU normalization bit-identical to the stream: {rec['device_normalization_exact']}")
+        print(f"[{args.backend} {args.variant}] {arch}: {ratios}, data {rec['data_share_of_step'] * 100:.2f}% of a "
+              f"step if produced in line (the stages prepare it in background threads){exact}"
               + (f", latency x{rec['latency']['ratio']:.3f}" if "latency" in rec else ""), file=sys.stderr, flush=True)
     return out
+
+
+def cuda_normalization_exact(stream) -> bool:
+    """Does the GPU trainer's normalization of uint8 batches give the numpy stream's float32 values exactly?"""
+    import numpy as np
+    import torch
+
+    from backends.torch.train import normalize_uint8
+    plan = next(stream.train_plans(0))
+    expected, _ = stream.materialize(plan)
+    raw, _ = stream.materialize(plan, normalize=False)
+    mean, std = (torch.from_numpy(a).cuda() for a in stream.normalization)
+    got = normalize_uint8(torch.from_numpy(raw).cuda(), mean, std).cpu().numpy()
+    return bool(np.array_equal(got, expected))
+
+
+def hand_options(hand, options: dict) -> dict:
+    """The runtime options in the hand-written loop's own terms (only torch's loop takes them)."""
+    if hand.__name__.endswith("_paddle"):
+        if options != runtime_options("fp32"):
+            raise SystemExit("--variants: the paddle backend records but does not apply amp/channels_last/compile")
+        return {}
+    return options
 
 
 def main() -> int:
@@ -128,6 +187,14 @@ def main() -> int:
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--dataset", default="digits", choices=["digits", "synthetic"],
+                   help="synthetic: as many images as --steps x --batch needs (digits has 1438 training images)")
+    p.add_argument("--stages", default="train,distill", help="which of train,distill to compare")
+    p.add_argument("--variants", default="fp32", help="comma-separated runtime option sets, each in its own "
+                   "process: fp32, bf16, fp16, channels_last, compile joined by '+' (torch only)")
+    p.add_argument("--variant", default="fp32", help=argparse.SUPPRESS)
+    p.add_argument("--prebuilt-batches", action="store_true",
+                   help="diagnosis: feed the project's stages the hand-written loop's pre-built batches")
     p.add_argument("--json", type=Path, help="also write the measurements here")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -135,29 +202,48 @@ def main() -> int:
         print(json.dumps(worker(args)))
         return 0
     from common.runner import worker_env
+    for v in args.variants.split(","):
+        runtime_options(v)  # reject a misspelt option before any process starts
     results = []
+    passthrough = {"--backend", "--variants", "--json"}
     for b in (["torch", "paddle"] if args.backend == "all" else [args.backend]):
-        argv = [a for a in sys.argv[1:] if not a.startswith("--backend")]
-        if "--backend" in sys.argv:
-            i = sys.argv.index("--backend")
-            argv = sys.argv[1:i] + sys.argv[i + 2:]
-        proc = subprocess.run([sys.executable, __file__, "--worker", "--backend", b, *argv], stdout=subprocess.PIPE,
-                              env=worker_env(args.threads), cwd=ROOT, text=True)
-        if proc.returncode != 0:
-            print(f"{b}: benchmark process failed (exit {proc.returncode})", file=sys.stderr)
-            return proc.returncode
-        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-    print(f"\n{'backend':8} {'arch':14} {'train':>7} {'distill':>8} {'data/step':>10} {'latency':>8}")
+        for variant in args.variants.split(","):
+            argv = [a for a in _without(sys.argv[1:], passthrough)]
+            proc = subprocess.run([sys.executable, __file__, "--worker", "--backend", b, "--variant", variant, *argv],
+                                  stdout=subprocess.PIPE, env=worker_env(args.threads), cwd=ROOT, text=True)
+            if proc.returncode != 0:
+                print(f"{b} {variant}: benchmark process failed (exit {proc.returncode})", file=sys.stderr)
+                return proc.returncode
+            results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    print(f"\n{'backend':8} {'variant':28} {'arch':14} {'train':>7} {'distill':>8} {'img/s project':>14} "
+          f"{'img/s hand':>11} {'data/step':>10} {'latency':>8}")
     for r in results:
         for arch, rec in r["archs"].items():
+            main_kind = rec.get("distill") or rec["train"]
+            cells = [f"{rec[k]['ratio']:.3f}" if k in rec else "-" for k in ("train", "distill")]
             lat = f"{rec['latency']['ratio']:.3f}" if "latency" in rec else "-"
-            print(f"{r['backend']:8} {arch:14} {rec['train']['ratio']:7.3f} {rec['distill']['ratio']:8.3f} "
+            print(f"{r['backend']:8} {r['variant']:28} {arch:14} {cells[0]:>7} {cells[1]:>8} "
+                  f"{main_kind['project_images_per_s']:14.1f} {main_kind['hand_images_per_s']:11.1f} "
                   f"{rec['data_share_of_step'] * 100:9.2f}% {lat:>8}")
-    print("\ntrain/distill/latency: project time / hand-written time (target <= 1.05); data/step: time to "
-          "produce a batch as a share of the project's step time (target <= 5%)")
+    print("\ntrain/distill/latency: project time / hand-written time (target <= 1.05); img/s: training "
+          "throughput of the distill stage (train where distill was not run); data/step: time to produce a batch "
+          "as a share of the project's step time (target <= 5%)")
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
     return 0
+
+
+def _without(argv: list[str], options: set[str]) -> list[str]:
+    """argv minus the given options and their values (both `--opt v` and `--opt=v`)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in options:
+            skip = True
+        elif a.split("=", 1)[0] not in options:
+            out.append(a)
+    return out
 
 
 if __name__ == "__main__":

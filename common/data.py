@@ -214,6 +214,18 @@ def _channel_stats(train: ArraySource | FileSource) -> tuple[np.ndarray, np.ndar
     return mean, std
 
 
+_CHUNK = 4  # images normalized together: 4 x 3 x 224 x 224 float32 = 2.4 MB
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """One training batch before its pixels exist: sample indices and the augmentation drawn for them."""
+    idx: np.ndarray
+    dy: np.ndarray | None = None
+    dx: np.ndarray | None = None
+    flip: np.ndarray | None = None
+
+
 class BatchStream:
     """The one batch stream. Train batches depend only on (run seed, epoch); validation order is fixed."""
 
@@ -234,14 +246,54 @@ class BatchStream:
     def normalize(self, x: np.ndarray) -> np.ndarray:
         return ((x - self._mean) / self._std).astype(np.float32, copy=False)
 
-    def train_epoch(self, epoch: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def train_plans(self, epoch: int) -> Iterator[BatchPlan]:
+        """What each training batch of an epoch holds: cheap, and the only place the epoch's random draws happen."""
         rng = np.random.default_rng([self.seed, epoch, 0x5EED])
         order = rng.permutation(len(self.data.train))
         bs = self.cfg.batch_size
         for step in range(self.steps_per_epoch):
             idx = order[step * bs:(step + 1) * bs]
-            x = self._augment(self.data.train.take(idx), rng)
-            yield self.normalize(x), self.data.train.labels[idx]
+            yield BatchPlan(idx, *self._augment_draws(len(idx), rng))
+
+    @property
+    def raw_available(self) -> bool:
+        """Training images are stored as uint8, so a batch can travel to an accelerator as bytes (4x less)."""
+        train = self.data.train
+        return isinstance(train, ArraySource) and train.images.dtype == np.uint8
+
+    @property
+    def normalization(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per-channel mean and std, float32, shaped (1, C, 1, 1): x = (uint8 / 255 - mean) / std."""
+        return self._mean, self._std
+
+    def materialize(self, plan: BatchPlan, normalize: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """The normalized images and labels of a planned batch; safe to call from several threads.
+
+        Crop and flip move pixels only, so they run on the stored uint8 images; the float conversion and
+        normalization then happen a few images at a time, in place (cache-friendly, no temporaries), with the
+        same float32 operations as `normalize`. `normalize=False` (only where `raw_available`) returns the
+        uint8 images for a backend that normalizes on its device with the same operations."""
+        train = self.data.train
+        x = train.images[plan.idx] if isinstance(train, ArraySource) else train.take(plan.idx)
+        x = self._apply_augment(x, plan)
+        if not normalize:
+            if x.dtype != np.uint8:
+                raise ValueError("raw batches need uint8 training images (BatchStream.raw_available)")
+            return x, train.labels[plan.idx]
+        out = np.empty(x.shape, np.float32)
+        for i in range(0, len(x), _CHUNK):
+            chunk = out[i:i + _CHUNK]
+            if x.dtype == np.uint8:
+                np.divide(x[i:i + _CHUNK], np.float32(255.0), out=chunk, dtype=np.float32)
+            else:
+                chunk[...] = x[i:i + _CHUNK]
+            chunk -= self._mean
+            chunk /= self._std
+        return out, train.labels[plan.idx]
+
+    def train_epoch(self, epoch: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for plan in self.train_plans(epoch):
+            yield self.materialize(plan)
 
     def val_batches(self, batch_size: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         bs = batch_size or self.cfg.eval_batch_size
@@ -255,19 +307,28 @@ class BatchStream:
         idx = np.arange(count) % len(self.data.val)
         return self.normalize(self.data.val.take(idx))
 
-    def _augment(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def _augment_draws(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray | None, np.ndarray | None,
+                                                                         np.ndarray | None]:
+        """Crop offsets (dy, dx) and flip decisions for n images, drawn in a fixed order."""
         aug = self.cfg.augment
+        dy = dx = flip = None
         if aug.crop_padding:
             p = aug.crop_padding
-            n, _, h, w = x.shape
-            padded = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)))
             dy = rng.integers(0, 2 * p + 1, size=n)
             dx = rng.integers(0, 2 * p + 1, size=n)
-            x = np.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
         if aug.hflip:
-            flip = rng.random(len(x)) < 0.5
+            flip = rng.random(n) < 0.5
+        return dy, dx, flip
+
+    def _apply_augment(self, x: np.ndarray, plan: BatchPlan) -> np.ndarray:
+        if plan.dy is not None:
+            p = self.cfg.augment.crop_padding
+            n, _, h, w = x.shape
+            padded = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)))
+            x = np.stack([padded[i, :, plan.dy[i]:plan.dy[i] + h, plan.dx[i]:plan.dx[i] + w] for i in range(n)])
+        if plan.flip is not None:
             x = x.copy()
-            x[flip] = x[flip, :, :, ::-1]
+            x[plan.flip] = x[plan.flip, :, :, ::-1]
         return x
 
     def digest(self, batches: int = 2) -> dict[str, str]:

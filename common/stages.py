@@ -6,6 +6,7 @@ New stage types (prune, quantize) register an executor with `register_executor`.
 """
 from __future__ import annotations
 
+import functools
 import math
 import time
 import zlib
@@ -19,6 +20,7 @@ from backends.base import Backend, StepRunner
 from common.data import BatchStream
 from common.errors import RecipeError, SlimbenchError, TrainingDiverged
 from common.metrics import classification_metrics, latency_summary, logit_difference, time_calls
+from common.prefetch import default_workers, prefetch_map
 from common.progress import Progress
 from common.pruning import (agp_sparsity, is_depthwise, magnitude_masks, name_artifact_layers, prune_steps, pruned_layer_sparsity,
                             select_layers, sparsity_of)
@@ -117,10 +119,14 @@ def fit(ctx: RunContext, stage: Stage, runner: StepRunner, model: Any, epochs: i
     history: list[dict[str, float]] = []
     train_time = 0.0
     ctx.progress.start_loop(stage.name, epochs, spe)
+    raw = (ctx.stream.raw_available and hasattr(runner, "normalize_on_device")
+           and runner.normalize_on_device(*ctx.stream.normalization))
+    materialize = functools.partial(ctx.stream.materialize, normalize=not raw)
     for epoch in range(epochs):
         t0 = time.perf_counter()
         losses = []
-        for step, (x, y) in enumerate(ctx.stream.train_epoch(epoch)):
+        batches = prefetch_map(materialize, ctx.stream.train_plans(epoch), workers=default_workers())
+        for step, (x, y) in enumerate(batches):
             global_step = epoch * spe + step
             lr = lr_at(global_step, total, spe, opt.lr, schedule)
             if before_step is not None:

@@ -40,3 +40,36 @@ def test_compile_trains_like_eager():
     base, _ = _steps(RuntimeConfig())
     compiled, _ = _steps(RuntimeConfig(compile=True))
     assert compiled == pytest.approx(base, rel=1e-3)
+
+
+def test_device_normalization_of_uint8_batches_is_bit_identical_to_the_stream():
+    """On a GPU the trainer receives uint8 batches and normalizes them itself; the values must be exactly the
+    numpy stream's, or torch-on-GPU would train on other inputs than Paddle. Checked here on the CPU kernels
+    (benchmarks/harness_overhead.py --device cuda checks the CUDA ones)."""
+    from backends.torch.train import normalize_uint8
+    from common.data import BatchStream, load_dataset
+    from common.recipe import DataConfig, AugmentConfig
+    cfg = DataConfig(dataset="synthetic", image_size=24, batch_size=32, synthetic_samples=128,
+                     augment=AugmentConfig(crop_padding=3, hflip=True))
+    stream = BatchStream(load_dataset(cfg), cfg, seed=5)
+    assert stream.raw_available
+    mean, std = (torch.from_numpy(a) for a in stream.normalization)
+    for plan in stream.train_plans(0):
+        expected, labels = stream.materialize(plan)
+        raw, raw_labels = stream.materialize(plan, normalize=False)
+        assert raw.dtype == np.uint8
+        np.testing.assert_array_equal(raw_labels, labels)
+        got = normalize_uint8(torch.from_numpy(raw), mean, std).numpy()
+        assert got.dtype == np.float32
+        np.testing.assert_array_equal(got, expected)  # exact, not approximate
+
+
+def test_trainer_normalizes_on_device_only_on_a_gpu():
+    from backends.torch import create
+    b = create()
+    b.configure(2, "cpu", 0)
+    trainer = b.trainer(b.build_model(ModelConfig(arch="tiny_cnn"), 10), OptimizerConfig(name="sgd", lr=0.05))
+    one = np.ones((1, 3, 1, 1), np.float32)
+    assert trainer.normalize_on_device(one, one) is False
+    with pytest.raises(ValueError, match="normalize on its device"):
+        trainer.step(np.zeros((4, 3, 16, 16), np.uint8), np.zeros(4, np.int64), 0.1)
