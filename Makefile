@@ -8,7 +8,7 @@ BACKEND ?= all
 PROFILE ?= default
 RECIPE ?= kd_resnet50_mobilenet
 
-.PHONY: run test test-all install clean
+.PHONY: run test test-all install clean reports
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,17 @@ test: $(STAMP)
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -m "not gpu"
+
+# Every built-in recipe, default profile, the recipe's seeds (3), both backends: hours on a 2-core CPU.
+# Each run stays in runs/<recipe>/<run-id>/; its report and result files are published to reports/<recipe>/.
+RECIPES ?= $(basename $(notdir $(wildcard recipes/*.yaml)))
+# A run with a failed backend is still published (its report says what failed); make exits 1 at the end.
+reports: $(STAMP)
+	@failed=""; for r in $(RECIPES); do \
+	  $(BIN)/run-recipe $$r --backend all --out runs || failed="$$failed $$r"; \
+	  run=$$(ls -d runs/$$r/*/ | sort | tail -1); \
+	  rm -rf reports/$$r && $(BIN)/slimbench report $$run --out reports/$$r || exit 1; \
+	done; test -z "$$failed" || { echo "runs with failures:$$failed (see their reports)"; exit 1; }
 
 clean:
 	rm -rf $(VENV) build *.egg-info

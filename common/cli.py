@@ -111,7 +111,12 @@ def slimbench(argv: list[str] | None = None) -> int:
     _recipe_args(show)
     rep = sub.add_parser("report", help="(re)build the report of a run directory from its result files")
     rep.add_argument("run_dir", type=Path)
-    rep.add_argument("--out", type=Path, default=None, help="write the report here instead of the run directory")
+    rep.add_argument("--out", type=Path, default=None, help="write the report here (with a copy of the run's result "
+                     "files, so it can be regenerated from there) instead of into the run directory")
+    cmp = sub.add_parser("compare", help="the same recipe run twice (two machines, two versions) side by side")
+    cmp.add_argument("run_a", type=Path)
+    cmp.add_argument("run_b", type=Path)
+    cmp.add_argument("--out", type=Path, default=None, help="also write the comparison (Markdown) to this file")
     a = p.parse_args(argv)
     if a.command == "list":
         for name, path in builtin_recipes().items():
@@ -121,6 +126,13 @@ def slimbench(argv: list[str] | None = None) -> int:
     if a.command == "show":
         recipe = load_recipe(a.recipe, a.profile, a.overrides, _seeds(a.seeds) if a.seeds else None)
         print(yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False), end="")
+        return 0
+    if a.command == "compare":
+        from common.compare import compare_runs
+        text = compare_runs(a.run_a, a.run_b)
+        print(text, end="")
+        if a.out:
+            a.out.write_text(text)
         return 0
     from common.report import write_report
     if not (a.run_dir / "run.json").is_file():

@@ -296,8 +296,13 @@ class Recipe:
     def digest(self) -> str:
         """Hash of the resolved recipe without its seed list, recorded in results so reports can tell runs of
         different recipes apart; seeds are replicates of one experiment (a run extended by more seeds keeps it)."""
-        body = {k: v for k, v in self.raw.items() if k != "seeds"}
-        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+        return recipe_digest(self.raw)
+
+
+def recipe_digest(raw: dict) -> str:
+    """sha256 (16 hex digits) of a resolved recipe's data without its seed list."""
+    body = {k: v for k, v in raw.items() if k != "seeds"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
 
 
 class _Loader(yaml.SafeLoader):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import shutil
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -14,10 +15,15 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from common.decision import BACKEND_TITLES
+from common.markdown_table import table
 from common.metrics import paired_predictions
-from common.results import atomic_write_text, load_results, read_json
+from common.report_html import render_html
+from common.report_plots import Figure, report_figures
+from common.report_summary import decision_section, reproducibility_section
+from common.results import atomic_write_bytes, atomic_write_text, load_results, read_json
 
-BACKEND_TITLES = {"torch": "PyTorch", "paddle": "PaddlePaddle"}
+PLOTS_DIR = "plots"
 
 
 def _mean_std(values: list[float]) -> tuple[float, float, int]:
@@ -38,15 +44,6 @@ def _count(n: float) -> str:
         if n >= div:
             return f"{n / div:.2f} {unit}"
     return f"{n:.0f}"
-
-
-def _table(header: list[str], rows: Iterable[list[str]]) -> str:
-    rows = list(rows)
-    if not rows:
-        return "_none_\n"
-    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
-    return "\n".join(out) + "\n"
 
 
 def flat_rows(results: list[dict]) -> list[dict[str, Any]]:
@@ -131,7 +128,16 @@ def _kd_pairs(run_meta: dict) -> list[tuple[str, str, str]]:
     return pairs
 
 
-def build_markdown(run_dir: Path, results: list[dict], meta: dict) -> str:
+def _figures_section(figures: list[Figure]) -> str:
+    if not figures:
+        return ""
+    out = ["## Plots\n\n"]
+    for f in figures:
+        out.append(f"**{f.title}.** {f.caption}\n\n![{f.title}]({PLOTS_DIR}/{f.name}.png)\n\n")
+    return "".join(out)
+
+
+def build_markdown(run_dir: Path, results: list[dict], meta: dict, figures: list[Figure] = ()) -> str:
     ix = _Index(results)
     names = [BACKEND_TITLES.get(b, b) for b in ix.backends]
     seeds = sorted({r["seed"] for r in results})
@@ -160,6 +166,9 @@ def build_markdown(run_dir: Path, results: list[dict], meta: dict) -> str:
               f"{e.get('message')}\n")
         w("\n")
 
+    w(decision_section(results, ix.backends))
+    w(_figures_section(figures))
+
     eval_slots = []
     for b in ix.backends:
         for _, st in ix.stage_records(b, "evaluate"):
@@ -176,7 +185,7 @@ def build_markdown(run_dir: Path, results: list[dict], meta: dict) -> str:
                 gain = [k - v for k, v in zip(kv[:n], bv[:n])]
                 rows.append([stage, BACKEND_TITLES.get(b, b), _fmt(bv, 100, unit="%"), _fmt(kv, 100, unit="%"),
                              _fmt(gain, 100, unit=" pts") if gain else "–"])
-        w(_table(["distill stage", "backend", f"baseline top-1", "distilled top-1", "KD gain"], rows))
+        w(table(["distill stage", "backend", f"baseline top-1", "distilled top-1", "KD gain"], rows))
         w("\nThe baseline is the student trained alone from the same initial weights, data stream and schedule.\n\n")
 
     w("## Accuracy on the validation split\n\n")
@@ -194,7 +203,7 @@ def build_markdown(run_dir: Path, results: list[dict], meta: dict) -> str:
     if len(ix.backends) == 2:
         header.append(f"Δ top-1 ({names[1]} − {names[0]})")
     header += [f"{n} top-5" for n in names]
-    w(_table(header, rows))
+    w(table(header, rows))
     w("\n")
 
     w(_agreement_section(run_dir, ix))
@@ -221,7 +230,7 @@ def build_markdown(run_dir: Path, results: list[dict], meta: dict) -> str:
             for m in st["models"].values():
                 batch_sizes = list(m["latency"])
                 break
-    w(_table(["model", "backend", "params", "MACs", "file MB", "artifact top-1"]
+    w(table(["model", "backend", "params", "MACs", "file MB", "artifact top-1"]
              + [f"batch {bs} latency p50 / p90 ms" for bs in batch_sizes], rows))
     if runtimes:
         w("\n" + "".join(f"- {BACKEND_TITLES.get(b, b)}: artifact {fmt}; latency on {rt}.\n"
@@ -231,6 +240,7 @@ def build_markdown(run_dir: Path, results: list[dict], meta: dict) -> str:
 
     w(_pruning_section(ix))
     w(_quantization_section(ix))
+    w(_parent_section(run_dir, ix))
 
     w("## Training\n\n")
     rows = []
@@ -248,7 +258,7 @@ def build_markdown(run_dir: Path, results: list[dict], meta: dict) -> str:
                          _fmt([s["time_per_step_s"] for s in sts], digits=3),
                          _fmt([s["final"]["train_loss"] for s in sts], digits=4),
                          _fmt([s["final"]["val_top1"] for s in sts], 100, unit="%")])
-    w(_table(["stage", "backend", "output", "epochs", "steps", "train time s", "s / step", "last-epoch train loss",
+    w(table(["stage", "backend", "output", "epochs", "steps", "train time s", "s / step", "last-epoch train loss",
               "val top-1 after training"], rows))
     w("\nTraining time excludes the per-epoch validation pass.\n\n")
 
@@ -262,7 +272,7 @@ def build_markdown(run_dir: Path, results: list[dict], meta: dict) -> str:
     w("Initial weights are created once per seed by the reference framework "
       f"({meta.get('recipe', {}).get('reference_framework', 'torch')}), stored as numpy, loaded by each backend and "
       "checked on fixed validation images.\n\n")
-    w(_table(["model", "backend", "seed", "max abs logit diff", "max relative diff", "tolerance", "status"], rows))
+    w(table(["model", "backend", "seed", "max abs logit diff", "max relative diff", "tolerance", "status"], rows))
     w("\n")
 
     w("## Same data\n\n")
@@ -275,14 +285,15 @@ def build_markdown(run_dir: Path, results: list[dict], meta: dict) -> str:
             rows.append([BACKEND_TITLES.get(r["backend"], r["backend"]), str(r["seed"]), d.get("dataset", "?"),
                          f"{d.get('train_size')} / {d.get('val_size')}", f"`{d.get('split')}`",
                          f"`{d.get('first_batches')}`"])
-    w(_table(["backend", "seed", "dataset", "train / val images", "split hash", "first batches hash"], rows))
+    w(table(["backend", "seed", "dataset", "train / val images", "split hash", "first batches hash"], rows))
     same = all(len(v) == 1 for v in digests.values())
     w("\n" + ("The split and the first training batches hash identically on every backend for each seed.\n\n"
               if same else "**The data streams differ between backends: the comparison is not fair.**\n\n"))
 
     w("## What differs between the two runs\n\n")
     w(_differences(ix, runtimes))
-    w("\n## Environment\n\n")
+    w("\n" + reproducibility_section(results, meta))
+    w("## Environment per run\n\n")
     rows = []
     for r in results:
         env = r.get("environment") or {}
@@ -292,7 +303,7 @@ def build_markdown(run_dir: Path, results: list[dict], meta: dict) -> str:
                      str(env.get("threads", "?")), f"{cpu.get('model', '?')} ({cpu.get('logical_cores', '?')} cores; "
                      f"{' '.join(cpu.get('flags', []))})", f"{r.get('peak_rss_mb', 0):.0f} MB",
                      f"{r.get('wall_time_s', 0):.0f} s"])
-    w(_table(["backend", "seed", "versions", "device", "threads", "CPU", "peak RSS", "wall time"], rows))
+    w(table(["backend", "seed", "versions", "device", "threads", "CPU", "peak RSS", "wall time"], rows))
     return md.getvalue()
 
 
@@ -328,7 +339,7 @@ def _pruning_section(ix: _Index) -> str:
     if not rows:
         return ""
     out = ["## Pruning\n",
-           _table(["stage", "backend", "seed", "scope / schedule", "target", "reached (in memory)",
+           table(["stage", "backend", "seed", "scope / schedule", "target", "reached (in memory)",
                    "exported: pruned layers", "exported: all conv+linear", "exported MACs vs source", "top-1 before", "top-1 after (AGP: after fine-tuning)",
                    "file MB (/ zlib MB)"], rows) + "\n"]
     for name, by_run in curves.items():
@@ -380,13 +391,51 @@ def _agreement_section(run_dir: Path, ix: _Index) -> str:
         return ""
     na, nb = BACKEND_TITLES.get(a, a), BACKEND_TITLES.get(b, b)
     out = ["## Same samples, same answers? (per-sample comparison of the frameworks)\n\n",
-           _table(["model", "seed", "same prediction", f"only {na} right", f"only {nb} right",
+           table(["model", "seed", "same prediction", f"only {na} right", f"only {nb} right",
                    f"Δ top-1 ({nb} − {na}), pts [95% CI]", "McNemar p"], rows),
            "\nMcNemar's exact test on the samples only one framework classifies correctly: a small p means the "
            "accuracy difference is unlikely to be chance on this validation split.\n"]
     if missing:
         out.append(f"\n({missing} model(s) without saved predictions on both backends are left out.)\n")
     return "".join(out) + "\n"
+
+
+def _parent_section(run_dir: Path, ix: _Index) -> str:
+    """How many validation predictions compression changed: each compressed model against its parent, on the
+    same framework and seed (pruned vs its source from the saved predictions; int8 vs fp32 from the stage)."""
+    rows = []
+    for b in ix.backends:
+        preds = {seed: {slot: m.get("predictions") for slot, m in st["models"].items()}
+                 for seed, st in ix.stage_records(b, "evaluate")}
+        for seed, st in ix.stage_records(b, "prune"):
+            # A stage that started from the reference framework's weights has that framework's model as parent.
+            parent_b = next((o for o in ix.backends if o != b and st.get("start_weights", "").startswith(f"{o}'s ")), b)
+            parent_preds = preds if parent_b == b else {
+                s2: {slot: m.get("predictions") for slot, m in st2["models"].items()}
+                for s2, st2 in ix.stage_records(parent_b, "evaluate")}
+            files = [parent_preds.get(seed, {}).get(st["source"]), preds.get(seed, {}).get(st["model"])]
+            if not all(files):
+                continue
+            pa, pc = (np.load(run_dir / who / f"seed-{seed}" / f) for who, f in zip((parent_b, b), files))
+            c = paired_predictions(pa["pred"], pc["pred"], pa["label"])
+            parent = f"`{st['source']}`" + (f" ({BACKEND_TITLES.get(parent_b, parent_b)}'s)" if parent_b != b else "")
+            rows.append([BACKEND_TITLES.get(b, b), str(seed), f"{parent} → `{st['model']}`",
+                         f"{st['method']} prune" + (" + fine-tune" if st.get("epochs") else ""), c])
+        for seed, st in ix.stage_records(b, "quantize"):
+            rows.append([BACKEND_TITLES.get(b, b), str(seed), f"`{st['source']}` → `{st['model']}`",
+                         f"int8 {st['mode']}", st["comparison"]])
+    if not rows:
+        return ""
+    out = []
+    for who, seed, pair, how, c in rows:
+        out.append([who, seed, pair, how, f"{c['agreement'] * 100:.1f}%",
+                    str(c["changed_predictions"]),
+                    str(c["only_a_correct"]), str(c["only_b_correct"]), f"{c['mcnemar_p']:.3g}"])
+    return ("## What compression changed (each compressed model vs its parent)\n\n"
+            + table(["backend", "seed", "parent → compressed", "how", "same prediction", "changed predictions",
+                     "only parent right", "only compressed right", "McNemar p"], out)
+            + "\nA pruned model is compared, as evaluated at the end of the run (after any fine-tuning), with the model "
+              "it was pruned from (the reference framework's where the stage started from its weights); an int8 model with the fp32 weights it was quantized from. McNemar's exact test asks whether the samples only one of them gets right are lopsided.\n\n")
 
 
 def _quantization_section(ix: _Index) -> str:
@@ -414,7 +463,7 @@ def _quantization_section(ix: _Index) -> str:
     if not rows:
         return ""
     out = ["## Quantization (int8 file vs the fp32 file of the same weights)\n\n",
-           _table(["stage", "backend", "seed", "mode", "file MB fp32 → int8", "top-1 fp32 → int8",
+           table(["stage", "backend", "seed", "mode", "file MB fp32 → int8", "top-1 fp32 → int8",
                    "drop, pts [95% CI]", "same prediction", "McNemar p"]
                   + [f"batch {bs} p50 ms fp32 → int8 (ratio)" for bs in batch_sizes], rows), "\n"]
     for b, lw in lowerings.items():
@@ -483,15 +532,40 @@ def _differences(ix: _Index, runtimes: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _copy_run(run_dir: Path, out_dir: Path) -> None:
+    """Put the run's own files (run.json, result files, saved predictions) beside a report written elsewhere,
+    so the report directory can be regenerated and compared without the run directory."""
+    shutil.copy2(run_dir / "run.json", out_dir / "run.json")
+    for result in sorted(run_dir.glob("*/seed-*/result.json")):
+        rel = result.parent.relative_to(run_dir)
+        dest = out_dir / rel
+        (dest / "predictions").mkdir(parents=True, exist_ok=True)
+        shutil.copy2(result, dest / "result.json")
+        for npz in sorted((result.parent / "predictions").glob("*.npz")):
+            shutil.copy2(npz, dest / "predictions" / npz.name)
+
+
 def write_report(run_dir: Path, out_dir: Path | None = None) -> Path:
-    """Write report.md, results.csv and results.json for a run directory; return the report path."""
+    """Write report.md, report.html (plots embedded), plots/*.png, results.csv and results.json for a run
+    directory; return the Markdown report's path. With `out_dir`, the run's result files are copied there too."""
     run_dir = Path(run_dir)
     out_dir = Path(out_dir) if out_dir else run_dir
     results = load_results(run_dir)
     if not results:
         raise FileNotFoundError(f"no result files under {run_dir}/<backend>/seed-<n>/result.json")
     meta = read_json(run_dir / "run.json") if (run_dir / "run.json").is_file() else {}
-    md = build_markdown(run_dir, results, meta)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if out_dir.resolve() != run_dir.resolve() and (run_dir / "run.json").is_file():
+        _copy_run(run_dir, out_dir)
+    figures = report_figures(results, _Index(results).backends)
+    plots = out_dir / PLOTS_DIR
+    if plots.is_dir():
+        for old in plots.glob("*.png"):  # a figure that no longer applies must not linger
+            old.unlink()
+    plots.mkdir(exist_ok=True)
+    for f in figures:
+        atomic_write_bytes(plots / f"{f.name}.png", f.png)
+    md = build_markdown(run_dir, results, meta, figures)
     rows = flat_rows(results)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=["backend", "seed", "stage", "model", "metric", "value"])
@@ -502,4 +576,6 @@ def write_report(run_dir: Path, out_dir: Path | None = None) -> Path:
     atomic_write_text(out_dir / "results.json", json.dumps({"run": run_id, "rows": rows}, indent=1) + "\n")
     path = out_dir / "report.md"
     atomic_write_text(path, md)
+    title = f"slimbench: {meta.get('recipe_name', run_dir.parent.name)}"
+    atomic_write_text(out_dir / "report.html", render_html(md, title, out_dir))
     return path

@@ -28,7 +28,7 @@ def _stage_eval(top1: dict[str, float]) -> dict:
 
 
 def _result(backend: str, seed: int, top1: dict[str, float], status: str = "ok") -> dict:
-    return {"schema_version": SCHEMA_VERSION, "backend": backend, "seed": seed, "status": status,
+    return {"schema_version": SCHEMA_VERSION, "backend": backend, "seed": seed, "status": status, "run_id": "run-1",
             "error": None if status == "ok" else {"type": "Boom", "stage": "distill", "message": "exploded"},
             "init_parity": {"teacher": {"max_abs": 1e-7, "max_rel": 2e-7, "rtol": 1e-4}},
             "data": {"dataset": "digits", "split": "aaa", "first_batches": "bbb", "train_size": "10", "val_size": "5"},
@@ -96,7 +96,8 @@ def _quant_stage(fp32_ms: float, int8_ms: float) -> dict:
             "fp32": {"size_mb": 100.0, "size_bytes": 100_000_000, "top1": 0.96, "latency": lat(fp32_ms)},
             "int8": {"size_mb": 25.0, "size_bytes": 25_000_000, "top1": 0.95, "latency": lat(int8_ms)},
             "size_ratio": 0.25, "accuracy_drop": 0.01, "accuracy_drop_ci95": [-0.005, 0.025],
-            "comparison": {"agreement": 0.981, "mcnemar_p": 0.2188}, "speedup": {"1": fp32_ms / int8_ms},
+            "comparison": {"agreement": 0.981, "mcnemar_p": 0.2188, "samples": 359, "changed_predictions": 7,
+                           "only_a_correct": 5, "only_b_correct": 1}, "speedup": {"1": fp32_ms / int8_ms},
             "quantize_time_s": 3.0}
 
 
@@ -109,6 +110,7 @@ def test_quantization_section_and_rows(tmp_path: Path):
             "+1.00 [-0.50, +2.50] | 98.1% | 0.219 | 10.00 → 2.50 (×0.25) |") in md
     assert "- PyTorch: tool-x; weights w; activations a; calibration c; int8 runtime rt." in md
     assert 'PyTorch warned: "x is deprecated"' in md
+    assert "| PyTorch | 0 | `fp32` → `int8` | int8 ptq_static | 98.1% | 7 | 5 | 1 | 0.219 |" in md
     rows = {(x["metric"]): x["value"] for x in flat_rows(load_results(run)) if x["stage"] == "ptq"}
     assert rows["size_ratio"] == 0.25 and rows["speedup_b1"] == 4.0 and rows["int8_latency_b1_p50_ms"] == 2.5
 
@@ -129,3 +131,77 @@ def test_per_sample_agreement_between_frameworks_hand_computed(tmp_path: Path):
     # 3 of 6 agree; torch alone right on 2 samples, paddle alone on 1; diff -1/6; McNemar 2*(1+3)/8 -> 1
     half = 1.96 * np.array([0, 0, 0, -1, 1, -1.0]).std(ddof=1) / np.sqrt(6) * 100
     assert (f"| `m` | 0 | 50.0% | 2 | 1 | -16.67 [{-100 / 6 - half:+.2f}, {-100 / 6 + half:+.2f}] | 1 |") in md
+
+
+def test_decision_summary_against_hand_computed_values(tmp_path: Path):
+    results = [_result("torch", 0, {"student_kd": 0.60}), _result("torch", 1, {"student_kd": 0.70}),
+               _result("paddle", 0, {"student_kd": 0.60}), _result("paddle", 1, {"student_kd": 0.80})]
+    run = _write_run(tmp_path, results)
+    md = build_markdown(run, load_results(run), META)
+    # paddle - torch per seed: 0 and +10 pts -> mean +5.00, sd 7.07, half width 12.706 * 7.07 / sqrt(2) = 63.53
+    assert ("| accuracy | top-1 `student_kd` | 65.00% ± 7.07 | 70.00% ± 14.14 | +5.00 [-58.53, +68.53] pts | "
+            "**PaddlePaddle**, +5.00 pts (within seed noise (2 seeds)) |") in md
+    assert md.index("## Decision summary") < md.index("## Accuracy on the validation split")
+    assert "## Reproducibility" in md and "- Seeds: 0, 1;" in md
+
+
+def test_regenerated_report_is_byte_identical_apart_from_its_timestamp(tmp_path: Path):
+    """From the committed example (real results with curves, latency, pruning): every output file twice."""
+    import shutil
+    src = Path(__file__).resolve().parents[2] / "reports" / "prune_agp_mobilenet"
+    run = tmp_path / "run"
+    shutil.copytree(src, run)
+    outputs = ["report.md", "report.html", "results.csv", "results.json"]
+
+    def generate() -> dict[str, bytes]:
+        write_report(run)
+        files = {name: (run / name).read_bytes() for name in outputs}
+        files.update({f"plots/{p.name}": p.read_bytes() for p in sorted((run / "plots").glob("*.png"))})
+        return files
+
+    def without_timestamp(text: bytes) -> bytes:
+        import re
+        return re.sub(rb"Generated \d{4}-\d\d-\d\d \d\d:\d\d", b"Generated <time>", text)
+
+    first = generate()
+    assert {"plots/accuracy_vs_latency.png", "plots/training_curves.png", "plots/sparsity_schedule.png"} <= set(first)
+    second = generate()
+    assert first.keys() == second.keys()
+    for name in first:
+        assert without_timestamp(first[name]) == without_timestamp(second[name]), name
+
+
+def test_html_report_is_self_contained(tmp_path: Path):
+    import re
+    import shutil
+    src = Path(__file__).resolve().parents[2] / "reports" / "prune_agp_mobilenet"
+    run = tmp_path / "run"
+    shutil.copytree(src, run)
+    html = (write_report(run).parent / "report.html").read_text()
+    assert html.count('src="data:image/png;base64,') == len(list((run / "plots").glob("*.png"))) >= 3
+    assert not re.search(r'(src|href)="(https?:)?//', html)  # nothing fetched from the network
+    assert "<table>" in html and "Decision summary" in html
+
+
+def test_report_written_elsewhere_carries_its_result_files(tmp_path: Path):
+    run = _write_run(tmp_path, [_result("torch", 0, {"a": 0.5}), _result("paddle", 0, {"a": 0.6})])
+    out = tmp_path / "published"
+    write_report(run, out)
+    assert (out / "run.json").is_file() and (out / "paddle" / "seed-0" / "result.json").is_file()
+    before = (out / "report.md").read_text()
+    write_report(out)  # regenerated from the copy alone
+    assert (out / "report.md").read_text().split("Generated")[0] == before.split("Generated")[0]
+
+
+def test_compare_two_runs_pairs_seeds_and_names_what_differs(tmp_path: Path):
+    from common.compare import compare_runs
+    a = _write_run(tmp_path / "a", [_result("torch", 0, {"net": 0.50}), _result("torch", 1, {"net": 0.60})])
+    rb = [_result("torch", 0, {"net": 0.55}), _result("torch", 1, {"net": 0.70})]
+    for r in rb:
+        r["environment"]["versions"] = {"torch": "2.0"}
+    b = _write_run(tmp_path / "b", rb)
+    text = compare_runs(a, b)
+    assert "| torch | 1.0 | 2.0 |" in text
+    # B - A per seed: +5 and +10 pts -> +7.50, sd 3.54, half width 12.706 * 3.536 / sqrt(2) = 31.77
+    assert "| accuracy | top-1 `net` | PyTorch | 55.00% ± 7.07 | 62.50% ± 10.61 | +7.50 [-24.27, +39.27] | " \
+           "+13.6% | within seed noise |" in text

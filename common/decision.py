@@ -1,0 +1,156 @@
+"""The numbers a team decides on: per stage, which framework is ahead on accuracy, size, latency and training
+time, by how much, and whether the difference survives the seed-to-seed spread.
+
+Built from result records only (no framework imports), so reports and `slimbench compare` share it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from common.stats import PairedDifference, Summary, paired_difference, summarize
+
+BACKEND_TITLES = {"torch": "PyTorch", "paddle": "PaddlePaddle"}
+
+
+def title(backend: str) -> str:
+    return BACKEND_TITLES.get(backend, backend)
+
+
+@dataclass
+class Metric:
+    """One comparable quantity, e.g. top-1 of `student_kd` or batch-1 latency of its exported file."""
+    group: str  # accuracy | size | latency | training time
+    what: str
+    unit: str
+    higher_is_better: bool
+    scale: float = 1.0  # display scale (100 for fractions shown as %)
+    digits: int = 2
+    by_backend: dict[str, dict[int, float]] = field(default_factory=dict)
+
+    def add(self, backend: str, seed: int, value: float | None) -> None:
+        if value is not None:
+            self.by_backend.setdefault(backend, {})[seed] = float(value)
+
+    def summary(self, backend: str) -> Summary | None:
+        vals = list(self.by_backend.get(backend, {}).values())
+        return summarize(vals) if vals else None
+
+    def difference(self, a: str, b: str) -> PairedDifference | None:
+        """b - a, paired by seed."""
+        return paired_difference(self.by_backend.get(a, {}), self.by_backend.get(b, {}))
+
+    def fmt(self, value: float) -> str:
+        return f"{value * self.scale:.{self.digits}f}{self.unit}"
+
+    def fmt_summary(self, s: Summary | None) -> str:
+        if s is None:
+            return "–"
+        return self.fmt(s.mean) + (f" ± {s.std * self.scale:.{self.digits}f}" if s.n > 1 else "")
+
+
+def _ok_stages(result: dict, stage_type: str) -> list[dict]:
+    return [st for st in result.get("stages", []) if st["type"] == stage_type and st.get("status") == "ok"]
+
+
+def collect_metrics(results: list[dict]) -> list[Metric]:
+    """Every metric the summary compares, in report order (stages as the recipe ran them)."""
+    metrics: dict[tuple[str, str], Metric] = {}
+
+    def metric(group: str, what: str, unit: str, higher: bool, scale: float = 1.0, digits: int = 2) -> Metric:
+        return metrics.setdefault((group, what), Metric(group, what, unit, higher, scale, digits))
+
+    for r in results:
+        if r.get("status") != "ok":
+            continue  # a failed run's partial figures would bias the means; the report lists the failure
+        b, seed = r["backend"], r["seed"]
+        for st in r.get("stages", []):
+            if st.get("status") != "ok":
+                continue
+            if st["type"] == "evaluate":
+                for slot, m in st["models"].items():
+                    metric("accuracy", f"top-1 `{slot}`", "%", True, 100).add(b, seed, m["top1"])
+            elif st["type"] == "export":
+                for slot, m in st["models"].items():
+                    metric("size", f"file `{slot}`", " MB", False).add(b, seed, m["size_mb"])
+                    for bs, lat in m["latency"].items():
+                        metric("latency", f"batch {bs} p50 `{slot}`", " ms", False).add(b, seed, lat["p50_ms"])
+            elif st["type"] in ("train", "distill") or (st["type"] == "prune" and st.get("train_time_s")):
+                metric("training time", f"`{st['name']}` ({st['steps']} steps)", " s", False, digits=1).add(
+                    b, seed, st["train_time_s"])
+            elif st["type"] == "quantize":
+                # The int8 slot is measured here (it cannot be exported again); the fp32 file of the same
+                # weights only counts where no export stage measured that slot.
+                for kind, slot in (("int8", st["model"]), ("fp32", st["source"])):
+                    rec = st[kind]
+                    if kind == "fp32" and any(s2["type"] == "export" and slot in s2.get("models", {})
+                                              for s2 in r["stages"]):
+                        continue
+                    metric("accuracy", f"top-1 `{slot}`", "%", True, 100).add(b, seed, rec["top1"])
+                    metric("size", f"file `{slot}`", " MB", False).add(b, seed, rec["size_mb"])
+                    for bs, lat in rec["latency"].items():
+                        metric("latency", f"batch {bs} p50 `{slot}`", " ms", False).add(b, seed, lat["p50_ms"])
+                if st.get("qat"):
+                    metric("training time", f"`{st['name']}` QAT ({st['qat']['steps']} steps)", " s", False,
+                           digits=1).add(b, seed, st["qat"]["train_time_s"])
+    order = {"accuracy": 0, "size": 1, "latency": 2, "training time": 3}
+    return sorted(metrics.values(), key=lambda m: order[m.group])
+
+
+@dataclass(frozen=True)
+class Verdict:
+    ahead: str | None  # backend name, None for a tie or no comparison
+    relative: float | None  # |difference| / the other backend's mean
+    difference: PairedDifference | None
+    text: str
+
+
+def verdict(m: Metric, a: str, b: str) -> Verdict:
+    """Who is ahead on `m`, by how much, and how sure we are."""
+    d = m.difference(a, b)
+    sa, sb = m.summary(a), m.summary(b)
+    if d is None or sa is None or sb is None:
+        missing = [title(x) for x, s in ((a, sa), (b, sb)) if s is None]
+        return Verdict(None, None, d, "no result from " + " and ".join(missing) if missing else "no common seed")
+    if d.mean == 0:
+        return Verdict(None, 0.0, d, "tie")
+    b_better = (d.mean > 0) == m.higher_is_better
+    ahead = b if b_better else a
+    base = sa.mean if b_better else sb.mean  # the framework behind
+    rel = abs(d.mean) / abs(base) if base else None
+    if m.unit == "%":
+        by = f"+{abs(d.mean) * m.scale:.2f} pts"
+    elif rel is not None:
+        by = f"{rel * 100:.0f}% {'higher' if m.higher_is_better else 'lower'}"
+    else:
+        by = "?"
+    if d.significant is None:
+        sure = "1 seed: not tested"
+    elif d.significant:
+        sure = f"significant over {d.n} seeds"
+    else:
+        sure = f"within seed noise ({d.n} seeds)"
+    return Verdict(ahead, rel, d, f"**{title(ahead)}**, {by} ({sure})")
+
+
+def fmt_difference(m: Metric, d: PairedDifference | None) -> str:
+    if d is None:
+        return "–"
+    s = f"{d.mean * m.scale + 0.0:+.{m.digits}f}"
+    if d.ci95 is not None:
+        lo, hi = (v * m.scale + 0.0 for v in d.ci95)
+        s += f" [{lo:+.{m.digits}f}, {hi:+.{m.digits}f}]"
+    return s
+
+
+def decision_rows(metrics: list[Metric], a: str, b: str,
+                  keep: Callable[[Metric], bool] = lambda m: True) -> list[list[str]]:
+    rows = []
+    for m in metrics:
+        if not keep(m):
+            continue
+        v = verdict(m, a, b)
+        unit = "pts" if m.unit == "%" else m.unit.strip()
+        rows.append([m.group, m.what, m.fmt_summary(m.summary(a)), m.fmt_summary(m.summary(b)),
+                     fmt_difference(m, v.difference) + (f" {unit}" if v.difference else ""), v.text])
+    return rows

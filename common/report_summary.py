@@ -1,0 +1,120 @@
+"""The two ends of a report: the decision summary a team reads first, and the reproducibility block an
+engineer needs to rerun or defend the figures."""
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+from common.decision import collect_metrics, decision_rows, title
+from common.markdown_table import table
+from common.recipe import recipe_digest
+
+
+def decision_section(results: list[dict], backends: list[str]) -> str:
+    """Per stage and metric: both frameworks (mean ± std over seeds), the paired difference with its 95%
+    interval, and who is ahead; then what each backend did natively and what needed a workaround."""
+    if len(backends) != 2:
+        return ""
+    a, b = backends
+    metrics = collect_metrics(results)
+    if not metrics:
+        return ""
+    seeds = sorted({r["seed"] for r in results})
+    out = ["## Decision summary\n\n",
+           f"Mean ± std over {len(seeds)} seed(s); difference = {title(b)} − {title(a)}, paired by seed, with "
+           "its 95% Student-t interval; *significant* means the interval excludes zero. Accuracy in % (difference "
+           "in points), sizes from the files on disk, latency on each framework's deployment runtime.\n\n",
+           table(["", "what", title(a), title(b), f"difference [95% CI]", "ahead"],
+                 decision_rows(metrics, a, b)), "\n"]
+    notes = capability_notes(results, backends)
+    if notes:
+        out += ["**How each framework did it**\n\n", *(f"- {n}\n" for n in notes), "\n"]
+    return "".join(out)
+
+
+def capability_notes(results: list[dict], backends: list[str]) -> list[str]:
+    """Native tool or workaround per compression stage and backend, and stages a backend could not run."""
+    notes: dict[str, str] = {}
+    for r in results:
+        who = title(r["backend"])
+        for st in r.get("stages", []):
+            if st.get("status") == "ok" and st["type"] == "prune" and st.get("lowering"):
+                notes.setdefault(f"{who} {st['name']}", f"{who}, `{st['name']}` ({st['method']} pruning): "
+                                                        f"{st['lowering']}")
+            elif st.get("status") == "ok" and st["type"] == "quantize":
+                lw = st["lowering"]
+                notes.setdefault(f"{who} {st['name']}", f"{who}, `{st['name']}` ({st['mode']}): {lw['tool']}; "
+                                                        f"runs on {lw['runtime']}")
+        err = r.get("error") or {}
+        if r.get("status") != "ok" and err.get("type") == "UnsupportedStage":
+            notes.setdefault(f"{who} unsupported {err.get('stage')}",
+                             f"{who} cannot run `{err.get('stage')}`: {err.get('message')}")
+    return [notes[k] for k in sorted(notes, key=lambda k: (k.split()[0] != title(backends[0]), k))]
+
+
+def _versions(results: list[dict]) -> dict[str, set[str]]:
+    vers: dict[str, set[str]] = defaultdict(set)
+    for r in results:
+        env = r.get("environment") or {}
+        for k, v in (env.get("versions") or {}).items():
+            vers[k].add(str(v))
+        if env.get("numpy"):
+            vers["numpy"].add(env["numpy"])
+    return vers
+
+
+def _commits(results: list[dict]) -> list[str]:
+    seen: dict[str, list[str]] = defaultdict(list)
+    for r in results:
+        c = (r.get("environment") or {}).get("slimbench")
+        key = ("not recorded (result written before slimbench recorded its commit)" if c is None else
+               f"`{c['commit'][:12]}`" + (" with local changes" if c.get("dirty") else ""))
+        seen[key].append(f"{r['backend']} seed {r['seed']}")
+    if len(seen) == 1:
+        return [next(iter(seen))]
+    return [f"{k}: {', '.join(v)}" for k, v in seen.items()]
+
+
+def reproducibility_section(results: list[dict], meta: dict[str, Any]) -> str:
+    """Everything needed to rerun the comparison and check it is the same experiment."""
+    lines = [f"- Command: `{meta.get('command', '?')}`"]
+    for ext in meta.get("extended", []):
+        lines.append(f"- Extended on {ext['at']} with seed(s) {', '.join(map(str, ext['seeds']))} "
+                     f"(`run-recipe --resume RUN_DIR --seeds ...`)")
+    recipe = meta.get("recipe") or {}
+    if recipe:
+        lines.append(f"- Recipe `{meta.get('recipe_name')}` (`{meta.get('recipe_source')}`), profile "
+                     f"`{meta.get('profile')}`, digest `{recipe_digest(recipe)}` (resolved recipe without seeds)")
+    seeds = sorted({r["seed"] for r in results})
+    lines.append(f"- Seeds: {', '.join(map(str, seeds))}; {meta.get('threads', '?')} CPU thread(s) per backend; "
+                 f"backends run one after another, never at the same time")
+    data = {r["seed"]: r.get("data") or {} for r in results if r.get("data")}
+    if data:
+        d0 = next(iter(data.values()))
+        splits = {d.get("split") for d in data.values()}
+        lines.append(f"- Data: {d0.get('dataset')} at {d0.get('image_size')} px, {d0.get('train_size')} train / "
+                     f"{d0.get('val_size')} validation images, batch {d0.get('batch_size')}; split hash "
+                     + ", ".join(f"`{s}`" for s in sorted(map(str, splits))))
+    parity = [(p["max_rel"], p["rtol"]) for r in results for p in (r.get("init_parity") or {}).values()]
+    if parity:
+        worst = max(parity)
+        lines.append(f"- Initial weights: worst logit difference after conversion {worst[0]:.1e} (relative; "
+                     f"tolerance {worst[1]:.0e}) over every model, backend and seed")
+    cpus = {(e.get("cpu") or {}).get("model", "?"): e.get("cpu") or {} for e in
+            (r.get("environment") or {} for r in results)}
+    for model, cpu in cpus.items():
+        lines.append(f"- CPU: {model}, {cpu.get('logical_cores', '?')} logical cores, flags "
+                     f"{' '.join(cpu.get('flags', [])) or 'none of avx2/avx512/amx'}")
+    gpus = {(r.get("environment") or {}).get("gpu") for r in results} - {None}
+    devices = {(r.get("environment") or {}).get("device") for r in results} - {None}
+    lines.append(f"- Device: {', '.join(sorted(devices)) or '?'}" + (f"; GPU {', '.join(sorted(gpus))}" if gpus
+                                                                     else "; no GPU used"))
+    vers = _versions(results)
+    order = ["python", "numpy", "torch", "torchvision", "cuda", "paddlepaddle", "paddleslim"]
+    lines.append("- Versions: " + ", ".join(f"{k} {'/'.join(sorted(vers[k]))}" for k in
+                                            order + sorted(set(vers) - set(order)) if k in vers))
+    oss = {(r.get("environment") or {}).get("os") for r in results} - {None}
+    if oss:
+        lines.append(f"- OS: {', '.join(sorted(oss))}")
+    lines.append("- slimbench commit: " + "; ".join(_commits(results)))
+    return "## Reproducibility\n\n" + "\n".join(lines) + "\n\n"
