@@ -154,3 +154,27 @@ def decision_rows(metrics: list[Metric], a: str, b: str,
         rows.append([m.group, m.what, m.fmt_summary(m.summary(a)), m.fmt_summary(m.summary(b)),
                      fmt_difference(m, v.difference) + (f" {unit}" if v.difference else ""), v.text])
     return rows
+
+
+def summary_records(metrics: list[Metric], backends: list[str]) -> list[dict]:
+    """Machine-readable decision summary: per metric, each backend's seed statistics and, with two backends,
+    the paired difference (second − first) with its 95% interval. Values in the metric's own units
+    (accuracy as a fraction, sizes in MB, latency in ms, times in s)."""
+    out = []
+    for m in metrics:
+        rec: dict = {"group": m.group, "what": m.what.replace("`", ""),
+                     "unit": "fraction" if m.unit == "%" else m.unit.strip() or None,
+                     "higher_is_better": m.higher_is_better, "backends": {}}
+        for b in backends:
+            s = m.summary(b)
+            if s is not None:
+                rec["backends"][b] = {"n": s.n, "mean": s.mean, "std": s.std, "min": s.min, "max": s.max,
+                                      "by_seed": {str(k): v for k, v in sorted(m.by_backend[b].items())}}
+        if len(backends) == 2:
+            d = m.difference(*backends)
+            v = verdict(m, *backends)
+            rec["difference"] = None if d is None else {
+                "of": f"{backends[1]} - {backends[0]}", "n": d.n, "mean": d.mean, "std": d.std,
+                "ci95": list(d.ci95) if d.ci95 else None, "significant": d.significant, "ahead": v.ahead}
+        out.append(rec)
+    return out

@@ -15,7 +15,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from common.decision import BACKEND_TITLES
+from common.decision import BACKEND_TITLES, collect_metrics, summary_records
 from common.markdown_table import table
 from common.metrics import paired_predictions
 from common.report_html import render_html
@@ -546,7 +546,8 @@ def _copy_run(run_dir: Path, out_dir: Path) -> None:
 
 
 def write_report(run_dir: Path, out_dir: Path | None = None) -> Path:
-    """Write report.md, report.html (plots embedded), plots/*.png, results.csv and results.json for a run
+    """Write report.md, report.html (plots embedded), plots/*.png, results.csv (one row per backend, seed,
+    stage, model, metric) and results.json (those rows plus the decision summary's statistics) for a run
     directory; return the Markdown report's path. With `out_dir`, the run's result files are copied there too."""
     run_dir = Path(run_dir)
     out_dir = Path(out_dir) if out_dir else run_dir
@@ -573,7 +574,9 @@ def write_report(run_dir: Path, out_dir: Path | None = None) -> Path:
     writer.writerows(rows)
     atomic_write_text(out_dir / "results.csv", buf.getvalue())
     run_id = results[0].get("run_id", run_dir.name)
-    atomic_write_text(out_dir / "results.json", json.dumps({"run": run_id, "rows": rows}, indent=1) + "\n")
+    summary = summary_records(collect_metrics(results), _Index(results).backends)
+    atomic_write_text(out_dir / "results.json", json.dumps({"run": run_id, "summary": summary, "rows": rows},
+                                                          indent=1) + "\n")
     path = out_dir / "report.md"
     atomic_write_text(path, md)
     title = f"slimbench: {meta.get('recipe_name', run_dir.parent.name)}"
