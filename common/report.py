@@ -327,7 +327,7 @@ def _pruning_section(ix: _Index) -> str:
                          else f"{st['target_sparsity'] * 100:.1f}%",
                          "–" if structured else f"{st['achieved_sparsity'] * 100:.2f}%",
                          f"{art * 100:.2f}%" if art is not None else "–",
-                         f"{sp.get('overall', 0) * 100:.2f}%" if sp else "–",
+                         f"{sp.get('overall', 0) * 100:.2f}%" if sp and not structured else "–",
                          f"-{macs_cut * 100:.1f}%" if macs_cut is not None else "–",
                          f"{st['accuracy_before']['top1'] * 100:.2f}%",
                          f"{after_top1 * 100:.2f}%" if after_top1 is not None else "–",
@@ -521,7 +521,8 @@ def _differences(ix: _Index, runtimes: dict) -> str:
     devices = {r["backend"]: (r.get("environment") or {}).get("device") for r in ix.results}
     if len(set(devices.values())) > 1:
         lines.append("- Devices differ: " + ", ".join(f"{b} on {d}" for b, d in devices.items()) + ".")
-    options = {r["backend"]: (r.get("environment") or {}).get("training_options") for r in ix.results}
+    options = {r["backend"]: (r.get("environment") or {}).get("training_options") for r in ix.results
+               if (r.get("environment") or {}).get("training_options") is not None}  # older results lack it
     if len({json.dumps(o, sort_keys=True) for o in options.values()}) > 1:
         lines.append("- Training options differ: " + "; ".join(
             f"{BACKEND_TITLES.get(b, b)} {json.dumps(o, sort_keys=True)}" for b, o in options.items())

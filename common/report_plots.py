@@ -78,8 +78,12 @@ def pareto_figure(metrics: list[Metric], backends: list[str], x_group: str, name
     ax.set_xscale("log")
     plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
     ax.xaxis.set_major_formatter(plain)
-    ax.xaxis.set_minor_formatter(plain)
-    ax.tick_params(axis="x", which="minor", labelsize=7)
+    lo, hi = ax.get_xlim()
+    if hi / lo < 12:  # within about a decade the minor ticks are the only labels; beyond, they crowd
+        ax.xaxis.set_minor_formatter(plain)
+        ax.tick_params(axis="x", which="minor", labelsize=7)
+    else:
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.margins(x=0.15, y=0.1)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("top-1 on the validation split (%)")
@@ -121,10 +125,12 @@ def training_figure(results: list[dict], backends: list[str]) -> Figure | None:
                 ax.plot(epochs, vals.mean(axis=0), marker=MARKERS.get(b, "o"), color=_color(b), label=title(b))
                 if len(runs) > 1:
                     ax.fill_between(epochs, vals.min(axis=0), vals.max(axis=0), color=_color(b), alpha=0.15)
+            longest = max(len(h) for runs in curves[stage].values() for h in runs)
+            ax.set_xticks(range(1, longest + 1))
+            ax.set_xlim(0.7, longest + 0.3)
             ax.set_title(f"{stage}: {label}", fontsize=10)
             ax.set_xlabel("epoch")
             ax.grid(True, alpha=0.3)
-            ax.xaxis.get_major_locator().set_params(integer=True)
             if row == 0 and col == 0:
                 ax.legend(fontsize=8)
     fig.tight_layout()

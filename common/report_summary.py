@@ -2,6 +2,7 @@
 engineer needs to rerun or defend the figures."""
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from typing import Any
 
@@ -27,9 +28,24 @@ def decision_section(results: list[dict], backends: list[str]) -> str:
            table(["", "what", title(a), title(b), f"difference [95% CI]", "ahead"],
                  decision_rows(metrics, a, b)), "\n"]
     notes = capability_notes(results, backends)
-    if notes:
-        out += ["**How each framework did it**\n\n", *(f"- {n}\n" for n in notes), "\n"]
+    settings = _settings_note(results)
+    if notes or settings:
+        out += ["**How each framework did it**\n\n", *(f"- {n}\n" for n in notes), f"- {settings}\n", "\n"]
     return "".join(out)
+
+
+def _settings_note(results: list[dict]) -> str:
+    """What the two runs share, and which recorded settings differ (details in 'What differs')."""
+    envs = [r.get("environment") or {} for r in results]
+    differ = [name for name, key in (("threads", "threads"), ("device", "device"),
+                                     ("training options", "training_options"))
+              if len({json.dumps(e[key], sort_keys=True) for e in envs if e.get(key) is not None}) > 1]
+    same = ("Same on both: data stream, initial weights, learning-rate schedule, latency inputs, warm-up and "
+            "repeats")
+    if differ:
+        return same + f"; **differing settings: {', '.join(differ)}** (see *What differs between the two runs*)."
+    threads = {e.get("threads") for e in envs}
+    return same + f", {threads.pop()} thread(s); kernels, artifact formats and runtimes are each framework's own."
 
 
 def capability_notes(results: list[dict], backends: list[str]) -> list[str]:
