@@ -527,6 +527,9 @@ def _differences(ix: _Index, runtimes: dict) -> str:
         lines.append("- Training options differ: " + "; ".join(
             f"{BACKEND_TITLES.get(b, b)} {json.dumps(o, sort_keys=True)}" for b, o in options.items())
             + " (amp, channels_last and compile are applied by the torch backend only).")
+    notes = {(r["backend"], n) for r in ix.results for n in (r.get("environment") or {}).get("optimizer_notes", [])}
+    for b, n in sorted(notes):
+        lines.append(f"- {BACKEND_TITLES.get(b, b)} optimizer: {n}.")
     threads = {r["backend"]: (r.get("environment") or {}).get("threads") for r in ix.results}
     if len(set(threads.values())) > 1:
         lines.append("- Thread counts differ: " + ", ".join(f"{b} {t}" for b, t in threads.items()) + ".")

@@ -106,3 +106,29 @@ def test_exported_artifacts_count_the_same_params_and_macs(backends, arch, tmp_p
         ref = tb.predict(tm, xb)
         assert np.abs(tpred(xb) - ref).max() <= 1e-4 * np.abs(ref).max()
         assert np.abs(ppred(xb) - ref).max() <= 1e-3 * np.abs(ref).max()
+
+
+def test_paddle_decoupled_adamw_matches_paddle_adamw(backends):
+    """The paddle backend's AdamW (merged multi-tensor Adam + decoupled decay, see backends/paddle/train.py)
+    computes what paddle.optimizer.AdamW computes."""
+    import paddle
+
+    from backends.paddle.train import DecoupledAdamW
+    rng = np.random.default_rng(1)
+    w0 = rng.standard_normal((4, 3)).astype(np.float32)
+    xb = paddle.to_tensor(rng.standard_normal((5, 4)).astype(np.float32))
+    weights = []
+    for kind in ("paddle", "slimbench"):
+        lin = paddle.nn.Linear(4, 3)
+        lin.weight.set_value(w0)
+        lin.bias.set_value(np.zeros(3, np.float32))
+        opt = (paddle.optimizer.AdamW(0.002, parameters=lin.parameters(), weight_decay=0.05) if kind == "paddle"
+               else DecoupledAdamW(lin.parameters(), 0.002, 0.05))
+        for i in range(3):
+            opt.set_lr(0.002 * (i + 1) / 3)
+            (lin(xb) ** 2).sum().backward()
+            opt.step()
+            opt.clear_grad()
+        weights.append(np.concatenate([lin.weight.numpy().ravel(), lin.bias.numpy()]))
+    np.testing.assert_allclose(weights[1], weights[0], rtol=1e-6, atol=1e-7)
+    assert np.abs(weights[0] - np.concatenate([w0.ravel(), np.zeros(3)])).max() > 1e-3  # it did train

@@ -181,3 +181,28 @@ def test_resume_keeps_completed_stages_and_finishes_the_run(tmp_path: Path):
             {k: m[k] for k in ("top1", "top5", "loss")}
     p = cli("run-recipe", "--resume", str(run))
     assert p.returncode == 0 and "finished earlier: kept" in p.stdout
+
+
+@pytest.mark.torch
+def test_resume_with_more_seeds_keeps_the_run_and_adds_the_seeds(tmp_path: Path):
+    p = cli("run-recipe", "kd_resnet50_mobilenet", "--backend", "torch", "--profile", "smoke", "--seeds", "0",
+            "--out", str(tmp_path))
+    assert p.returncode == 0, p.stderr
+    run = only_run(tmp_path)
+    seed0 = (run / "torch" / "seed-0" / "result.json").read_text()
+    p = cli("run-recipe", "--resume", str(run), "--seeds", "0,1")
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "adding seed(s) 1" in p.stdout and "[torch seed 0] finished earlier: kept" in p.stdout
+    assert (run / "torch" / "seed-0" / "result.json").read_text() == seed0  # untouched
+    r1 = json.loads((run / "torch" / "seed-1" / "result.json").read_text())
+    assert r1["status"] == "ok" and r1["recipe_digest"] == json.loads(seed0)["recipe_digest"]
+    meta = json.loads((run / "run.json").read_text())
+    assert meta["seeds"] == [0, 1] and meta["extended"][0]["seeds"] == [1]
+    report = (run / "report.md").read_text()
+    assert "seeds 0, 1" in report and "Extended on" in report and (run / "report.html").is_file()
+    env = r1["environment"]
+    assert env["numpy"] and (env["slimbench"] is None or len(env["slimbench"]["commit"]) == 40)
+    p = cli("slimbench", "compare", str(run), str(run), "--out", str(tmp_path / "cmp.md"))
+    assert p.returncode == 0, p.stderr
+    assert "Nothing recorded differs" in p.stdout and "| accuracy | top-1 `teacher` | PyTorch |" in p.stdout
+    assert (tmp_path / "cmp.md").read_text() == p.stdout
