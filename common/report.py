@@ -369,21 +369,13 @@ def _agreement_section(run_dir: Path, ix: _Index) -> str:
         return ""
     a, b = ix.backends
     rows, missing = [], 0
-    evals_b = {(seed, st["name"]): st for seed, st in ix.stage_records(b, "evaluate")}
     for seed, st in ix.stage_records(a, "evaluate"):
-        other = evals_b.get((seed, st["name"]))
-        if other is None:
-            continue
-        for slot, m in st["models"].items():
-            files = [run_dir / be / f"seed-{seed}" / rec.get("predictions", "")
-                     for be, rec in ((a, m), (b, other["models"].get(slot, {})))]
-            if not all(f.is_file() for f in files):
+        for slot in st["models"]:
+            files = [_prediction_file(run_dir, ix, be, seed, slot) for be in (a, b)]
+            if not all(files):
                 missing += 1
                 continue
-            pa, pb = (np.load(f) for f in files)
-            if not np.array_equal(pa["label"], pb["label"]):
-                raise ValueError(f"{files[0]} and {files[1]} cover different validation samples")
-            c = paired_predictions(pa["pred"], pb["pred"], pa["label"])
+            c = _paired(*files)
             rows.append([f"`{slot}`", str(seed), f"{c['agreement'] * 100:.1f}%", str(c["only_a_correct"]),
                          str(c["only_b_correct"]), f"{c['diff'] * 100 + 0.0:+.2f} [{c['diff_ci95'][0] * 100 + 0.0:+.2f}, "
                          f"{c['diff_ci95'][1] * 100 + 0.0:+.2f}]", f"{c['mcnemar_p']:.3g}"])
@@ -400,24 +392,36 @@ def _agreement_section(run_dir: Path, ix: _Index) -> str:
     return "".join(out) + "\n"
 
 
+def _prediction_file(run_dir: Path, ix: _Index, backend: str, seed: int, slot: str) -> Path | None:
+    """The saved validation predictions of a model slot (from the evaluate stage), if there are any on disk."""
+    for s, st in ix.stage_records(backend, "evaluate"):
+        rel = st["models"].get(slot, {}).get("predictions") if s == seed else None
+        if rel and (run_dir / backend / f"seed-{seed}" / rel).is_file():
+            return run_dir / backend / f"seed-{seed}" / rel
+    return None
+
+
+def _paired(file_a: Path, file_b: Path) -> dict[str, Any]:
+    """paired_predictions of two saved prediction files, which must cover the same validation samples."""
+    pa, pb = np.load(file_a), np.load(file_b)
+    if not np.array_equal(pa["label"], pb["label"]):
+        raise ValueError(f"{file_a} and {file_b} cover different validation samples")
+    return paired_predictions(pa["pred"], pb["pred"], pa["label"])
+
+
 def _parent_section(run_dir: Path, ix: _Index) -> str:
     """How many validation predictions compression changed: each compressed model against its parent, on the
     same framework and seed (pruned vs its source from the saved predictions; int8 vs fp32 from the stage)."""
     rows = []
     for b in ix.backends:
-        preds = {seed: {slot: m.get("predictions") for slot, m in st["models"].items()}
-                 for seed, st in ix.stage_records(b, "evaluate")}
         for seed, st in ix.stage_records(b, "prune"):
             # A stage that started from the reference framework's weights has that framework's model as parent.
             parent_b = next((o for o in ix.backends if o != b and st.get("start_weights", "").startswith(f"{o}'s ")), b)
-            parent_preds = preds if parent_b == b else {
-                s2: {slot: m.get("predictions") for slot, m in st2["models"].items()}
-                for s2, st2 in ix.stage_records(parent_b, "evaluate")}
-            files = [parent_preds.get(seed, {}).get(st["source"]), preds.get(seed, {}).get(st["model"])]
+            files = [_prediction_file(run_dir, ix, parent_b, seed, st["source"]),
+                     _prediction_file(run_dir, ix, b, seed, st["model"])]
             if not all(files):
                 continue
-            pa, pc = (np.load(run_dir / who / f"seed-{seed}" / f) for who, f in zip((parent_b, b), files))
-            c = paired_predictions(pa["pred"], pc["pred"], pa["label"])
+            c = _paired(*files)
             parent = f"`{st['source']}`" + (f" ({BACKEND_TITLES.get(parent_b, parent_b)}'s)" if parent_b != b else "")
             rows.append([BACKEND_TITLES.get(b, b), str(seed), f"{parent} → `{st['model']}`",
                          f"{st['method']} prune" + (" + fine-tune" if st.get("epochs") else ""), c])
