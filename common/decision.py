@@ -127,10 +127,33 @@ def verdict(m: Metric, a: str, b: str) -> Verdict:
     if d.significant is None:
         sure = "1 seed: not tested"
     elif d.significant:
-        sure = f"significant over {d.n} seeds"
+        sure = f"significant, {d.n} seeds"
     else:
-        sure = f"within seed noise ({d.n} seeds)"
+        sure = f"within seed noise, {d.n} seeds"
     return Verdict(ahead, rel, d, f"**{title(ahead)}**, {by} ({sure})")
+
+
+def headline(metrics: list[Metric], a: str, b: str) -> list[str]:
+    """One line per group: how many comparisons each framework leads, and how many of those leads are
+    significant over the seeds (or untested with one seed)."""
+    lines = []
+    for group in dict.fromkeys(m.group for m in metrics):
+        verdicts = [verdict(m, a, b) for m in metrics if m.group == group]
+        parts = []
+        for who in (a, b):
+            won = [v for v in verdicts if v.ahead == who]
+            if not won:
+                continue
+            sig = sum(1 for v in won if v.difference and v.difference.significant)
+            untested = sum(1 for v in won if v.difference and v.difference.significant is None)
+            detail = (f"{sig} significant" if not untested else "untested, 1 seed") if won else ""
+            parts.append(f"{title(who)} ahead on {len(won)} ({detail})")
+        ties = sum(1 for v in verdicts if v.ahead is None)
+        if ties:
+            parts.append(f"{ties} tie(s) or not comparable")
+        n = len(verdicts)
+        lines.append(f"**{group}** ({n} comparison{'s' if n != 1 else ''}): " + "; ".join(parts))
+    return lines
 
 
 def fmt_difference(m: Metric, d: PairedDifference | None) -> str:

@@ -6,7 +6,7 @@ import json
 from collections import defaultdict
 from typing import Any
 
-from common.decision import collect_metrics, decision_rows, title
+from common.decision import collect_metrics, decision_rows, headline, title
 from common.markdown_table import table
 from common.recipe import recipe_digest
 
@@ -25,6 +25,7 @@ def decision_section(results: list[dict], backends: list[str]) -> str:
            f"Mean ± std over {len(seeds)} seed(s); difference = {title(b)} − {title(a)}, paired by seed, with "
            "its 95% Student-t interval; *significant* means the interval excludes zero. Accuracy in % (difference "
            "in points), sizes from the files on disk, latency on each framework's deployment runtime.\n\n",
+           *(f"- {line}\n" for line in headline(metrics, a, b)), "\n",
            table(["", "what", title(a), title(b), f"difference [95% CI]", "ahead"],
                  decision_rows(metrics, a, b)), "\n"]
     notes = capability_notes(results, backends)

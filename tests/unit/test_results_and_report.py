@@ -140,7 +140,8 @@ def test_decision_summary_against_hand_computed_values(tmp_path: Path):
     md = build_markdown(run, load_results(run), META)
     # paddle - torch per seed: 0 and +10 pts -> mean +5.00, sd 7.07, half width 12.706 * 7.07 / sqrt(2) = 63.53
     assert ("| accuracy | top-1 `student_kd` | 65.00% ± 7.07 | 70.00% ± 14.14 | +5.00 [-58.53, +68.53] pts | "
-            "**PaddlePaddle**, +5.00 pts (within seed noise (2 seeds)) |") in md
+            "**PaddlePaddle**, +5.00 pts (within seed noise, 2 seeds) |") in md
+    assert "- **accuracy** (1 comparison): PaddlePaddle ahead on 1 (0 significant)" in md
     assert md.index("## Decision summary") < md.index("## Accuracy on the validation split")
     assert "## Reproducibility" in md and "- Seeds: 0, 1;" in md
 

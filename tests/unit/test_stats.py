@@ -58,13 +58,13 @@ def test_verdict_lower_is_better_relative_to_the_framework_behind():
     v = verdict(m, "torch", "paddle")
     assert v.ahead == "paddle"
     assert v.relative == pytest.approx(0.5)  # 5 ms less than torch's 10 ms
-    assert "50% lower" in v.text and "significant over 3 seeds" in v.text
+    assert "50% lower" in v.text and "significant, 3 seeds" in v.text
 
 
 def test_verdict_accuracy_in_points_and_noise_is_called_noise():
     m = _metric(True, {0: 0.80, 1: 0.90}, {0: 0.82, 1: 0.86}, unit="%", scale=100)
     v = verdict(m, "torch", "paddle")  # d = [+0.02, -0.04]: mean -0.01 -> torch ahead by 1 pt, CI spans 0
-    assert v.ahead == "torch" and "+1.00 pts" in v.text and "within seed noise (2 seeds)" in v.text
+    assert v.ahead == "torch" and "+1.00 pts" in v.text and "within seed noise, 2 seeds" in v.text
     assert fmt_difference(m, v.difference).startswith("-1.00 [")
 
 
