@@ -151,7 +151,10 @@ def build_markdown(run_dir: Path, results: list[dict], meta: dict, figures: list
     w(f"Run `{run_id}`, profile `{meta.get('profile')}`, seeds {', '.join(map(str, seeds))} "
       f"(values are mean ± std over seeds where n > 1), {meta.get('threads')} CPU thread(s) per backend. "
       f"Generated {time.strftime('%Y-%m-%d %H:%M')} from the result files in `{run_dir.name}/`.\n\n")
-    w(f"Command: `{meta.get('command', '?')}`\n\n")
+    added = [str(x) for ext in meta.get("extended", []) for x in ext["seeds"]]
+    w(f"Command: `{meta.get('command', '?')}`" + (f", then seed(s) {', '.join(added)} added with "
+                                                 "`run-recipe --resume RUN_DIR --seeds ...`" if added else "")
+      + "\n\n")
 
     if len(seeds) == 1:
         w("**One seed:** the differences below are single measurements, not tested for significance. "
