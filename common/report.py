@@ -22,20 +22,16 @@ from common.report_html import render_html
 from common.report_plots import Figure, report_figures
 from common.report_summary import decision_section, reproducibility_section
 from common.results import atomic_write_bytes, atomic_write_text, load_results, read_json
+from common.stats import summarize
 
 PLOTS_DIR = "plots"
-
-
-def _mean_std(values: list[float]) -> tuple[float, float, int]:
-    a = np.asarray(values, float)
-    return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0, len(a)
 
 
 def _fmt(values: list[float], scale: float = 1.0, digits: int = 2, unit: str = "") -> str:
     if not values:
         return "–"
-    m, s, n = _mean_std([v * scale for v in values])
-    return f"{m:.{digits}f}{unit}" + (f" ± {s:.{digits}f}" if n > 1 else "")
+    st = summarize([v * scale for v in values])
+    return f"{st.mean:.{digits}f}{unit}" + (f" ± {st.std:.{digits}f}" if st.n > 1 else "")
 
 
 def _count(n: float) -> str:
@@ -569,7 +565,8 @@ def write_report(run_dir: Path, out_dir: Path | None = None) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     if out_dir.resolve() != run_dir.resolve() and (run_dir / "run.json").is_file():
         _copy_run(run_dir, out_dir)
-    figures = report_figures(results, _Index(results).backends)
+    backends, metrics = _Index(results).backends, collect_metrics(results)
+    figures = report_figures(results, backends, metrics)
     plots = out_dir / PLOTS_DIR
     if plots.is_dir():
         for old in plots.glob("*.png"):  # a figure that no longer applies must not linger
@@ -585,7 +582,7 @@ def write_report(run_dir: Path, out_dir: Path | None = None) -> Path:
     writer.writerows(rows)
     atomic_write_text(out_dir / "results.csv", buf.getvalue())
     run_id = results[0].get("run_id", run_dir.name)
-    summary = summary_records(collect_metrics(results), _Index(results).backends)
+    summary = summary_records(metrics, backends)
     atomic_write_text(out_dir / "results.json", json.dumps({"run": run_id, "summary": summary, "rows": rows},
                                                           indent=1) + "\n")
     path = out_dir / "report.md"

@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 
-from common.decision import Metric, collect_metrics, title  # noqa: E402
+from common.decision import Metric, title  # noqa: E402
 
 COLORS = {"torch": "#d6604d", "paddle": "#2166ac"}
 MARKERS = {"torch": "o", "paddle": "s"}
@@ -204,8 +204,8 @@ def quantization_figure(results: list[dict], backends: list[str]) -> Figure | No
                   _png(fig))
 
 
-def report_figures(results: list[dict], backends: list[str]) -> list[Figure]:
-    metrics = collect_metrics(results)
+def report_figures(results: list[dict], backends: list[str], metrics: list[Metric]) -> list[Figure]:
+    """Every figure that applies to these results; `metrics` is collect_metrics(results)."""
     figs = [pareto_figure(metrics, backends, "latency", "accuracy_vs_latency"),
             pareto_figure(metrics, backends, "size", "accuracy_vs_size"),
             training_figure(results, backends), sparsity_figure(results, backends),
