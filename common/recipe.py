@@ -267,6 +267,10 @@ class RuntimeConfig:
     amp: Literal["off", "bf16", "fp16"] = "off"
     channels_last: bool = False
     compile: bool = False
+    # Each framework's fastest correct CPU training configuration for models with depthwise convolutions
+    # (torch: channels_last; paddle: a to_static program with oneDNN depthwise kernels). false: plain eager
+    # defaults. Measured in benchmarks/paddle_cpu_training.py; recorded in every result.
+    cpu_tuning: bool = True
 
 
 @dataclass(frozen=True)

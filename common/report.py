@@ -529,10 +529,12 @@ def _differences(ix: _Index, runtimes: dict) -> str:
     if len({json.dumps(o, sort_keys=True) for o in options.values()}) > 1:
         lines.append("- Training options differ: " + "; ".join(
             f"{BACKEND_TITLES.get(b, b)} {json.dumps(o, sort_keys=True)}" for b, o in options.items())
-            + " (amp, channels_last and compile are applied by the torch backend only).")
-    notes = {(r["backend"], n) for r in ix.results for n in (r.get("environment") or {}).get("optimizer_notes", [])}
-    for b, n in sorted(notes):
-        lines.append(f"- {BACKEND_TITLES.get(b, b)} optimizer: {n}.")
+            + " (amp, channels_last and compile are applied by the torch backend only; cpu_tuning by both, each "
+              "in its own way, see below).")
+    for key, what in (("tuning_notes", "CPU training (runtime.cpu_tuning)"), ("optimizer_notes", "optimizer")):
+        notes = {(r["backend"], n) for r in ix.results for n in (r.get("environment") or {}).get(key, [])}
+        for b, n in sorted(notes):
+            lines.append(f"- {BACKEND_TITLES.get(b, b)} {what}: {n}.")
     threads = {r["backend"]: (r.get("environment") or {}).get("threads") for r in ix.results}
     if len(set(threads.values())) > 1:
         lines.append("- Thread counts differ: " + ", ".join(f"{b} {t}" for b, t in threads.items()) + ".")

@@ -19,21 +19,36 @@ def hinton_loss(student: paddle.Tensor, teacher: paddle.Tensor, labels: paddle.T
     return alpha * temperature * temperature * kl + (1.0 - alpha) * F.cross_entropy(student, labels)
 
 
+class HintonObjective(nn.Layer):
+    """Student and KD loss as one Layer (see train.CrossEntropyObjective); teacher logits come in as an input."""
+
+    def __init__(self, student: nn.Layer, temperature: float, alpha: float):
+        super().__init__()
+        self.model, self.temperature, self.alpha = student, temperature, alpha
+
+    def forward(self, x: paddle.Tensor, y: paddle.Tensor, teacher_logits: paddle.Tensor) -> paddle.Tensor:
+        return hinton_loss(self.model(x), teacher_logits, y, self.temperature, self.alpha)
+
+
 class Distiller(Trainer):
-    """Student step against a frozen teacher kept in eval mode."""
+    """Student step against a frozen teacher kept in eval mode (the teacher runs eagerly, without gradients)."""
 
     def __init__(self, student: nn.Layer, teacher: nn.Layer, cfg: OptimizerConfig, temperature: float,
-                 alpha: float):
-        super().__init__(student, cfg)
+                 alpha: float, onednn_depthwise: bool = False):
         self.teacher, self.temperature, self.alpha = teacher, temperature, alpha
+        super().__init__(student, cfg, onednn_depthwise)
         for p in teacher.parameters():
             p.stop_gradient = True
 
-    def loss(self, x: paddle.Tensor, y: paddle.Tensor) -> paddle.Tensor:
+    def make_objective(self, model: nn.Layer) -> nn.Layer:
+        return HintonObjective(model, self.temperature, self.alpha)
+
+    def inputs(self, x: np.ndarray, y: np.ndarray) -> list[paddle.Tensor]:
+        xb, yb = super().inputs(x, y)
         self.teacher.eval()
         with paddle.no_grad():
-            t = self.teacher(x)
-        return hinton_loss(self.model(x), t, y, self.temperature, self.alpha)
+            t = self.teacher(xb)
+        return [xb, yb, t]
 
 
 def kd_loss_value(s: np.ndarray, t: np.ndarray, y: np.ndarray, temperature: float, alpha: float) -> float:

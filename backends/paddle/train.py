@@ -5,9 +5,17 @@ import numpy as np
 import paddle
 from paddle import nn
 from paddle.nn import functional as F
+from paddle.static import InputSpec
 
 from backends.paddle.prune import apply_masks
 from common.recipe import OptimizerConfig
+
+# Ops the training program runs on Paddle's oneDNN kernels. Only depthwise convolution: Paddle 2.6's oneDNN
+# conv2d and batch_norm gradients are wrong or less accurate in a training program (benchmarks/README.md).
+ONEDNN_OPS = ("depthwise_conv2d",)
+ONEDNN_DEPTHWISE_NOTE = ("models with depthwise convolutions train through a paddle.jit.to_static program whose "
+                         "depthwise convolutions run on Paddle's oneDNN kernels (the op's use_mkldnn attribute); "
+                         "dygraph runs them as a loop of per-sample, per-channel GEMMs (~6x slower MobileNetV2 steps)")
 
 
 class DecoupledAdamW:
@@ -54,20 +62,77 @@ def make_optimizer(model: nn.Layer, cfg: OptimizerConfig) -> paddle.optimizer.Op
     return DecoupledAdamW(params, cfg.lr, cfg.weight_decay)
 
 
-class Trainer:
-    """Cross-entropy training step."""
+def depthwise_conv_count(model: nn.Layer) -> int:
+    """Convolutions with one input channel per group: what Paddle's native CPU kernel is slowest at."""
+    return sum(1 for m in model.sublayers()
+               if getattr(m, "_groups", 1) > 1 and getattr(m, "weight", None) is not None and m.weight.shape[1] == 1)
 
-    def __init__(self, model: nn.Layer, cfg: OptimizerConfig):
+
+class OnednnDepthwiseProgram:
+    """Runs a loss Layer as a paddle.jit.to_static training program whose depthwise convolutions use Paddle's
+    oneDNN kernels; the parameters stay the dygraph model's own, so optimizer, masks and checkpoints see them.
+
+    Why: Paddle dygraph never uses oneDNN on the CPU (ONEDNN_VERBOSE shows no primitive even with
+    FLAGS_use_mkldnn=1), and its native depthwise kernel is a loop of per-sample, per-channel GEMMs: 92% of a
+    MobileNetV2 step. FLAGS_use_mkldnn=1 under to_static moves every op to oneDNN, whose conv2d weight gradients
+    are wrong in Paddle 2.6 (and ResNet50 aborts), so only the depthwise ops are switched, through the op
+    attribute that Paddle's own static programs use. Gradients checked against float64 in
+    tests/integration/test_paddle_training_program.py; speed in benchmarks/paddle_cpu_training.py."""
+
+    def __init__(self, objective: nn.Layer):
+        self.objective = objective
+        self.static: paddle.jit.dy2static.program_translator.StaticFunction | None = None
+        self.onednn_ops = 0  # switched in the latest program (one program per input signature)
+
+    def __call__(self, *inputs: paddle.Tensor) -> paddle.Tensor:
+        if self.static is None:
+            specs = [InputSpec([None, *t.shape[1:]], t.dtype) for t in inputs]  # any batch size, one program
+            self.static = paddle.jit.to_static(self.objective, input_spec=specs, full_graph=True).forward
+        _, program = self.static.get_concrete_program(*inputs)
+        if not getattr(program, "_slimbench_onednn", False):  # before the program first runs
+            ops = [op for op in program._origin_main_program.global_block().ops if op.type in ONEDNN_OPS]
+            for op in ops:
+                op._set_attr("use_mkldnn", True)
+            program._slimbench_onednn = True
+            self.onednn_ops = len(ops)
+        return self.static(*inputs)
+
+
+class CrossEntropyObjective(nn.Layer):
+    """Model and loss as one Layer: the unit that runs eagerly or as one training program."""
+
+    def __init__(self, model: nn.Layer):
+        super().__init__()
         self.model = model
-        self.optimizer = make_optimizer(model, cfg)
 
-    def loss(self, x: paddle.Tensor, y: paddle.Tensor) -> paddle.Tensor:
+    def forward(self, x: paddle.Tensor, y: paddle.Tensor) -> paddle.Tensor:
         return F.cross_entropy(self.model(x), y)
 
+
+class Trainer:
+    """Cross-entropy training step; with `onednn_depthwise`, models with depthwise convolutions train through
+    an OnednnDepthwiseProgram (on the CPU only: the op attribute is a CPU kernel choice)."""
+
+    def __init__(self, model: nn.Layer, cfg: OptimizerConfig, onednn_depthwise: bool = False):
+        self.model = model
+        self.optimizer = make_optimizer(model, cfg)
+        self.objective = self.make_objective(model)
+        self.program = (OnednnDepthwiseProgram(self.objective)
+                        if onednn_depthwise and depthwise_conv_count(model) else None)
+
+    def make_objective(self, model: nn.Layer) -> nn.Layer:
+        return CrossEntropyObjective(model)
+
+    def inputs(self, x: np.ndarray, y: np.ndarray) -> list[paddle.Tensor]:
+        return [paddle.to_tensor(x), paddle.to_tensor(y)]
+
+    def loss(self, x: np.ndarray, y: np.ndarray) -> paddle.Tensor:
+        self.objective.train()
+        return (self.program or self.objective)(*self.inputs(x, y))
+
     def step(self, x: np.ndarray, y: np.ndarray, lr: float) -> float:
-        self.model.train()
         self.optimizer.set_lr(lr)
-        loss = self.loss(paddle.to_tensor(x), paddle.to_tensor(y))
+        loss = self.loss(x, y)
         loss.backward()
         self.optimizer.step()
         self.optimizer.clear_grad(set_to_zero=False)

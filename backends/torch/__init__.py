@@ -38,7 +38,9 @@ class TorchBackend:
         if use_cuda:
             info["gpu"] = torch.cuda.get_device_name(self.device)
         info["training_options"] = {"amp": self.runtime.amp, "channels_last": self.runtime.channels_last,
-                                    "compile": self.runtime.compile}
+                                    "compile": self.runtime.compile, "cpu_tuning": self.runtime.cpu_tuning}
+        if self.runtime.cpu_tuning and not use_cuda:
+            info["tuning_notes"] = [train.CPU_TUNING_NOTE]
         return info
 
     def build_model(self, cfg: ModelConfig, num_classes: int) -> torch.nn.Module:

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from backends.torch.train import Trainer, prepare_module
+from backends.torch.train import Trainer, prepare_module, uses_channels_last
 from common.recipe import OptimizerConfig, RuntimeConfig
 
 
@@ -28,12 +28,14 @@ class Distiller(Trainer):
         self.teacher, self.temperature, self.alpha = teacher, temperature, alpha
         for p in teacher.parameters():
             p.requires_grad_(False)
-        self.teacher_forward = prepare_module(teacher, runtime)
+        self.teacher_channels_last = uses_channels_last(teacher, runtime, device)
+        self.teacher_forward = prepare_module(teacher, runtime, self.teacher_channels_last)
 
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         self.teacher.eval()
+        tx = x.contiguous(memory_format=torch.channels_last if self.teacher_channels_last else torch.contiguous_format)
         with torch.no_grad():
-            t = self.teacher_forward(x)
+            t = self.teacher_forward(tx)
         return hinton_loss(self.forward(x), t, y, self.temperature, self.alpha)
 
 
