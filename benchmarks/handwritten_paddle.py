@@ -39,23 +39,55 @@ class _MergedAdamW:
         self.adam.clear_grad()
 
 
+class _Loss(paddle.nn.Layer):
+    """Cross-entropy, or Hinton KD when teacher logits come in: one Layer, so to_static can trace it."""
+
+    def __init__(self, model: paddle.nn.Layer, temperature: float, alpha: float):
+        super().__init__()
+        self.model, self.temperature, self.alpha = model, temperature, alpha
+
+    def forward(self, x, y, t):
+        out = self.model(x)
+        kd = F.kl_div(F.log_softmax(out / self.temperature, 1), F.softmax(t / self.temperature, 1),
+                      reduction="batchmean")
+        return self.alpha * self.temperature ** 2 * kd + (1 - self.alpha) * F.cross_entropy(out, y)
+
+
+class _CrossEntropy(_Loss):
+    def forward(self, x, y):
+        return F.cross_entropy(self.model(x), y)
+
+
+def _depthwise_on_onednn(loss: paddle.nn.Layer, example: list[paddle.Tensor]) -> paddle.nn.Layer:
+    """to_static, then the depthwise convolution ops switched to Paddle's oneDNN kernels before the first run."""
+    static = paddle.jit.to_static(loss, full_graph=True)
+    _, program = static.forward.get_concrete_program(*example)
+    for op in program._origin_main_program.global_block().ops:
+        if op.type == "depthwise_conv2d":
+            op._set_attr("use_mkldnn", True)
+    return static
+
+
 def train(model: paddle.nn.Layer, batches: list[tuple[np.ndarray, np.ndarray]], lrs: list[float], opt: dict,
-          device: str, teacher: paddle.nn.Layer | None = None, temperature: float = 4.0, alpha: float = 0.9) -> float:
+          device: str, teacher: paddle.nn.Layer | None = None, temperature: float = 4.0, alpha: float = 0.9,
+          onednn_depthwise: bool = False) -> float:
+    """Seconds for one pass over `batches`; `onednn_depthwise`: the step as a to_static program whose depthwise
+    convolutions run on oneDNN (what slimbench's cpu_tuning does; the batches all have one shape here)."""
     optimizer = _optimizer(model, opt["name"], lrs[0], opt["weight_decay"], opt["momentum"])
-    model.train()
+    loss_fn = (_CrossEntropy if teacher is None else _Loss)(model, temperature, alpha)
+    loss_fn.train()
     if teacher is not None:
         teacher.eval()
     t0 = time.perf_counter()
-    for (x, y), lr in zip(batches, lrs):
+    for i, ((x, y), lr) in enumerate(zip(batches, lrs)):
         optimizer.set_lr(lr)
-        xb, yb = paddle.to_tensor(x), paddle.to_tensor(y)
-        out = model(xb)
-        loss = F.cross_entropy(out, yb)
+        inputs = [paddle.to_tensor(x), paddle.to_tensor(y)]
         if teacher is not None:
             with paddle.no_grad():
-                t = teacher(xb)
-            kd = F.kl_div(F.log_softmax(out / temperature, 1), F.softmax(t / temperature, 1), reduction="batchmean")
-            loss = alpha * temperature ** 2 * kd + (1 - alpha) * loss
+                inputs.append(teacher(inputs[0]))
+        if onednn_depthwise and i == 0:
+            loss_fn = _depthwise_on_onednn(loss_fn, inputs)
+        loss = loss_fn(*inputs)
         loss.backward()
         optimizer.step()
         optimizer.clear_grad()

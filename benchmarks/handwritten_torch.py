@@ -17,14 +17,18 @@ def _optimizer(model: torch.nn.Module, name: str, lr: float, wd: float, momentum
 
 def train(model: torch.nn.Module, batches: list[tuple[np.ndarray, np.ndarray]], lrs: list[float], opt: dict,
           device: str, teacher: torch.nn.Module | None = None, temperature: float = 4.0, alpha: float = 0.9,
-          amp: str = "off", channels_last: bool = False, compile: bool = False) -> float:
+          amp: str = "off", channels_last: bool = False, compile: bool = False,
+          teacher_channels_last: bool | None = None) -> float:
     """Seconds for one pass over `batches`: plain CE training, or Hinton KD when a teacher is given; `amp`
-    (bf16 | fp16 with a GradScaler), `channels_last` and `compile` as a user would write them."""
+    (bf16 | fp16 with a GradScaler), `channels_last` (of the student; the teacher's by default too) and
+    `compile` as a user would write them."""
     optimizer = _optimizer(model, opt["name"], lrs[0], opt["weight_decay"], opt["momentum"])
     fmt = torch.channels_last if channels_last else torch.contiguous_format
+    teacher_fmt = fmt if teacher_channels_last is None else (
+        torch.channels_last if teacher_channels_last else torch.contiguous_format)
     model.to(memory_format=fmt)
     if teacher is not None:
-        teacher.to(memory_format=fmt).eval()
+        teacher.to(memory_format=teacher_fmt).eval()
     student = torch.compile(model) if compile else model
     teach = torch.compile(teacher) if compile and teacher is not None else teacher
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
@@ -41,7 +45,7 @@ def train(model: torch.nn.Module, batches: list[tuple[np.ndarray, np.ndarray]], 
             loss = F.cross_entropy(out, yb)
             if teach is not None:
                 with torch.no_grad():
-                    t = teach(xb)
+                    t = teach(xb.contiguous(memory_format=teacher_fmt))
                 kd = F.kl_div(F.log_softmax(out.float() / temperature, 1), F.softmax(t.float() / temperature, 1),
                               reduction="batchmean")
                 loss = alpha * temperature ** 2 * kd + (1 - alpha) * loss

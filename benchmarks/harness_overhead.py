@@ -26,18 +26,20 @@ sys.path.insert(0, str(ROOT))
 OPTIMIZER = {"name": "adamw", "lr": 0.002, "weight_decay": 0.05, "momentum": 0.9}
 
 
-VARIANT_OPTIONS = ("fp32", "bf16", "fp16", "channels_last", "compile")
+VARIANT_OPTIONS = ("fp32", "bf16", "fp16", "channels_last", "compile", "untuned")
 
 
 def runtime_options(variant: str) -> dict:
-    """`bf16+channels_last+compile` -> the recipe's runtime keys; `fp32` alone means no option."""
+    """`bf16+channels_last+compile` -> the recipe's runtime keys; `fp32` alone means no option (cpu_tuning on, the
+    default); `untuned` turns cpu_tuning off."""
     parts = [v for v in variant.split("+") if v]
     unknown = [v for v in parts if v not in VARIANT_OPTIONS]
     if unknown:
         raise SystemExit(f"--variants: unknown option(s) {unknown} in {variant!r}; accepted: "
                          f"{', '.join(VARIANT_OPTIONS)} joined by '+'")
     amp = next((v for v in parts if v in ("bf16", "fp16")), "off")
-    return {"amp": amp, "channels_last": "channels_last" in parts, "compile": "compile" in parts}
+    return {"amp": amp, "channels_last": "channels_last" in parts, "compile": "compile" in parts,
+            "cpu_tuning": "untuned" not in parts}
 
 
 def recipe_dict(arch: str, image_size: int, batch: int, steps: int, teacher: str, dataset: str = "digits",
@@ -109,15 +111,16 @@ def worker(args: argparse.Namespace) -> dict:
                 teacher = hand_models["teacher"] if kind == "distill" else None
                 project_s, hand_s = [], []
                 hand_args = (hand_models["net"], batches, lrs, OPTIMIZER, device, teacher)
+                hand_kwargs = hand_options(args.backend, options, device, hand_models["net"], teacher)
                 project(stage_fn, stage)  # warm-up: allocator, kernels, compilation, first-call costs
-                hand.train(*hand_args, **hand_options(hand, options))
+                hand.train(*hand_args, **hand_kwargs)
                 for r in range(args.rounds):
                     order = ("p", "h") if r % 2 == 0 else ("h", "p")
                     for who in order:
                         if who == "p":
                             project_s.append(project(stage_fn, stage))
                         else:
-                            hand_s.append(hand.train(*hand_args, **hand_options(hand, options)))
+                            hand_s.append(hand.train(*hand_args, **hand_kwargs))
                 rec[kind] = {"project_s": project_s, "hand_s": hand_s,
                              "ratio": float(np.median(project_s) / np.median(hand_s)),
                              "project_step_s": float(np.median(project_s)) / total,
@@ -167,13 +170,22 @@ def cuda_normalization_exact(stream) -> bool:
     return bool(np.array_equal(got, expected))
 
 
-def hand_options(hand, options: dict) -> dict:
-    """The runtime options in the hand-written loop's own terms (only torch's loop takes them)."""
-    if hand.__name__.endswith("_paddle"):
-        if options != runtime_options("fp32"):
+def hand_options(backend: str, options: dict, device: str, model, teacher) -> dict:
+    """The runtime options in the hand-written loop's own terms, cpu_tuning included: the same configuration the
+    project's stage picks for these models (torch: channels_last for depthwise models on the CPU; paddle: the
+    depthwise convolutions on oneDNN)."""
+    tuned = options["cpu_tuning"] and device == "cpu"
+    if backend == "paddle":
+        if {k: v for k, v in options.items() if k != "cpu_tuning"} != \
+                {k: v for k, v in runtime_options("fp32").items() if k != "cpu_tuning"}:
             raise SystemExit("--variants: the paddle backend records but does not apply amp/channels_last/compile")
-        return {}
-    return options
+        from backends.paddle.train import depthwise_conv_count
+        return {"onednn_depthwise": tuned and depthwise_conv_count(model) > 0}
+    from backends.torch.train import has_depthwise
+    return {"amp": options["amp"], "compile": options["compile"],
+            "channels_last": options["channels_last"] or (tuned and has_depthwise(model)),
+            "teacher_channels_last": options["channels_last"] or (tuned and teacher is not None
+                                                                  and has_depthwise(teacher))}
 
 
 def main() -> int:
@@ -191,7 +203,8 @@ def main() -> int:
                    help="synthetic: as many images as --steps x --batch needs (digits has 1438 training images)")
     p.add_argument("--stages", default="train,distill", help="which of train,distill to compare")
     p.add_argument("--variants", default="fp32", help="comma-separated runtime option sets, each in its own "
-                   "process: fp32, bf16, fp16, channels_last, compile joined by '+' (torch only)")
+                   "process: fp32, bf16, fp16, channels_last, compile joined by '+' (torch only); untuned (both): "
+                   "runtime.cpu_tuning off")
     p.add_argument("--variant", default="fp32", help=argparse.SUPPRESS)
     p.add_argument("--prebuilt-batches", action="store_true",
                    help="diagnosis: feed the project's stages the hand-written loop's pre-built batches")
