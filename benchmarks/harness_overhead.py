@@ -179,7 +179,7 @@ def hand_options(backend: str, options: dict, device: str, model, teacher) -> di
         if {k: v for k, v in options.items() if k != "cpu_tuning"} != \
                 {k: v for k, v in runtime_options("fp32").items() if k != "cpu_tuning"}:
             raise SystemExit("--variants: the paddle backend records but does not apply amp/channels_last/compile")
-        from backends.paddle.train import depthwise_conv_count
+        from backends.paddle.programs import depthwise_conv_count
         return {"onednn_depthwise": tuned and depthwise_conv_count(model) > 0}
     from backends.torch.train import has_depthwise
     return {"amp": options["amp"], "compile": options["compile"],

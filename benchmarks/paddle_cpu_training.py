@@ -69,7 +69,7 @@ def _trainer(config: str, arch: str, threads: int, weights: Path):
         runner.optimizer = paddle.optimizer.AdamW(learning_rate=OPTIMIZER["lr"], parameters=model.parameters(),
                                                   weight_decay=OPTIMIZER["weight_decay"])
     if how == "onednn-all":
-        from backends.paddle.train import OnednnDepthwiseProgram
+        from backends.paddle.programs import OnednnDepthwiseProgram
         runner.program = OnednnDepthwiseProgram(runner.objective)  # a to_static program; the flag moves every op
     return backend, framework, model, runner
 

@@ -15,7 +15,7 @@ import numpy as np
 import paddle
 
 from backends.base import ExportedArtifact, QuantizedModel
-from backends.paddle import distill, export, measure, models, prune, quantize, train, weights
+from backends.paddle import distill, export, measure, models, programs, prune, quantize, train, weights
 from common.errors import SlimbenchError
 from common.recipe import ModelConfig, OptimizerConfig, QuantizeStage, RuntimeConfig
 
@@ -65,7 +65,7 @@ class PaddleBackend:
                                      **({"not_applied": asked} if asked != {"amp": "off", "channels_last": False,
                                                                               "compile": False} else {})}}
         if self.onednn_depthwise:
-            info["tuning_notes"] = [train.ONEDNN_DEPTHWISE_NOTE]
+            info["tuning_notes"] = [programs.NOTE]
         return info
 
     def build_model(self, cfg: ModelConfig, num_classes: int) -> paddle.nn.Layer:
@@ -81,8 +81,9 @@ class PaddleBackend:
         if isinstance(model, QuantizedModel):
             return model.predict(x)
         model.eval()
+        forward = programs.forward_program(model, "predict") if self.onednn_depthwise else None
         with paddle.no_grad():
-            return model(paddle.to_tensor(x)).numpy().astype(np.float32)
+            return (forward or model)(paddle.to_tensor(x)).numpy().astype(np.float32)
 
     def trainer(self, model: paddle.nn.Layer, opt: OptimizerConfig) -> train.Trainer:
         return train.Trainer(model, opt, self.onednn_depthwise)
@@ -95,7 +96,7 @@ class PaddleBackend:
         return distill.kd_loss_value(s, t, y, temperature, alpha)
 
     def recalibrate_bn(self, model: paddle.nn.Layer, batches) -> None:
-        train.recalibrate_bn(model, batches)
+        train.recalibrate_bn(model, batches, self.onednn_depthwise)
 
     def save_checkpoint(self, model: paddle.nn.Layer, path: Path) -> None:
         """State plus pruning masks: loads into a freshly built model."""

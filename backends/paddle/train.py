@@ -5,27 +5,21 @@ import numpy as np
 import paddle
 from paddle import nn
 from paddle.nn import functional as F
-from paddle.static import InputSpec
 
+from backends.paddle.programs import OnednnDepthwiseProgram, depthwise_conv_count, forward_program
 from backends.paddle.prune import apply_masks
 from common.recipe import OptimizerConfig
-
-# Ops the training program runs on Paddle's oneDNN kernels. Only depthwise convolution: Paddle 2.6's oneDNN
-# conv2d and batch_norm gradients are wrong or less accurate in a training program (benchmarks/README.md).
-ONEDNN_OPS = ("depthwise_conv2d",)
-ONEDNN_DEPTHWISE_NOTE = ("models with depthwise convolutions train through a paddle.jit.to_static program whose "
-                         "depthwise convolutions run on Paddle's oneDNN kernels (the op's use_mkldnn attribute); "
-                         "dygraph runs them as a loop of per-sample, per-channel GEMMs (~6x slower MobileNetV2 steps)")
 
 
 class DecoupledAdamW:
     """AdamW computed as paddle.optimizer.AdamW does (param *= 1 - lr * weight_decay, then the Adam update),
     with the Adam update run by Paddle's merged multi-tensor kernel (`Adam(use_multi_tensor=True)`).
 
-    Why: in Paddle 2.6 on CPU, once the per-parameter adam/adamw kernel has stepped a ResNet50, every later
-    convolution in the process runs about 1.7x slower, even of another model, and the process never recovers
-    (fresh model 2.2 s per batch-64 step, then 3.8 s; benchmarks/README.md). Momentum, SGD, and the merged
-    kernel do not trigger it. The update is the same: on a Linear layer three steps agree with
+    Why: in Paddle 2.6 on a 2-core AMD EPYC VM, once the per-parameter adam/adamw kernel had stepped a
+    ResNet50, every later convolution in the process ran about 1.7x slower, even of another model, and the
+    process never recovered (fresh model 2.2 s per batch-64 step, then 3.8 s; benchmarks/README.md); on an
+    Intel Xeon both optimizers step equally fast. Momentum, SGD, and the merged kernel did not trigger it.
+    The update is the same: on a Linear layer three steps agree with
     paddle.optimizer.AdamW and torch.optim.AdamW to 1e-7 (tests/integration/test_parity.py)."""
 
     def __init__(self, params: list, lr: float, weight_decay: float, beta1: float = 0.9, beta2: float = 0.999,
@@ -62,42 +56,6 @@ def make_optimizer(model: nn.Layer, cfg: OptimizerConfig) -> paddle.optimizer.Op
     return DecoupledAdamW(params, cfg.lr, cfg.weight_decay)
 
 
-def depthwise_conv_count(model: nn.Layer) -> int:
-    """Convolutions with one input channel per group: what Paddle's native CPU kernel is slowest at."""
-    return sum(1 for m in model.sublayers()
-               if getattr(m, "_groups", 1) > 1 and getattr(m, "weight", None) is not None and m.weight.shape[1] == 1)
-
-
-class OnednnDepthwiseProgram:
-    """Runs a loss Layer as a paddle.jit.to_static training program whose depthwise convolutions use Paddle's
-    oneDNN kernels; the parameters stay the dygraph model's own, so optimizer, masks and checkpoints see them.
-
-    Why: Paddle dygraph never uses oneDNN on the CPU (ONEDNN_VERBOSE shows no primitive even with
-    FLAGS_use_mkldnn=1), and its native depthwise kernel is a loop of per-sample, per-channel GEMMs: 92% of a
-    MobileNetV2 step. FLAGS_use_mkldnn=1 under to_static moves every op to oneDNN, whose conv2d weight gradients
-    are wrong in Paddle 2.6 (and ResNet50 aborts), so only the depthwise ops are switched, through the op
-    attribute that Paddle's own static programs use. Gradients checked against float64 in
-    tests/integration/test_paddle_training_program.py; speed in benchmarks/paddle_cpu_training.py."""
-
-    def __init__(self, objective: nn.Layer):
-        self.objective = objective
-        self.static: paddle.jit.dy2static.program_translator.StaticFunction | None = None
-        self.onednn_ops = 0  # switched in the latest program (one program per input signature)
-
-    def __call__(self, *inputs: paddle.Tensor) -> paddle.Tensor:
-        if self.static is None:
-            specs = [InputSpec([None, *t.shape[1:]], t.dtype) for t in inputs]  # any batch size, one program
-            self.static = paddle.jit.to_static(self.objective, input_spec=specs, full_graph=True).forward
-        _, program = self.static.get_concrete_program(*inputs)
-        if not getattr(program, "_slimbench_onednn", False):  # before the program first runs
-            ops = [op for op in program._origin_main_program.global_block().ops if op.type in ONEDNN_OPS]
-            for op in ops:
-                op._set_attr("use_mkldnn", True)
-            program._slimbench_onednn = True
-            self.onednn_ops = len(ops)
-        return self.static(*inputs)
-
-
 class CrossEntropyObjective(nn.Layer):
     """Model and loss as one Layer: the unit that runs eagerly or as one training program."""
 
@@ -111,7 +69,7 @@ class CrossEntropyObjective(nn.Layer):
 
 class Trainer:
     """Cross-entropy training step; with `onednn_depthwise`, models with depthwise convolutions train through
-    an OnednnDepthwiseProgram (on the CPU only: the op attribute is a CPU kernel choice)."""
+    an OnednnDepthwiseProgram (backends/paddle/programs.py; CPU only: the op attribute is a CPU kernel choice)."""
 
     def __init__(self, model: nn.Layer, cfg: OptimizerConfig, onednn_depthwise: bool = False):
         self.model = model
@@ -140,24 +98,38 @@ class Trainer:
         return float(loss)
 
 
-def recalibrate_bn(model: nn.Layer, batches) -> None:
+def recalibrate_bn(model: nn.Layer, batches, onednn_depthwise: bool = False) -> None:
     """Cumulative-average BN statistics over the given batches; mirrors the torch backend.
 
     Paddle has no momentum=None: batch k (0-based) uses momentum k/(k+1), since paddle updates
     running = momentum * running + (1 - momentum) * batch, which is exactly the running average.
+    A program fixes the momentum when traced, so there the batches run with momentum 0 (running = batch
+    statistics) and the average is taken here.
     """
     bns = [m for m in model.sublayers() if isinstance(m, nn.layer.norm._BatchNormBase)]
     saved = [m._momentum for m in bns]
+    program = forward_program(model, "batch-norm statistics") if onednn_depthwise else None
     for m in bns:
         m._mean.set_value(paddle.zeros_like(m._mean))
         m._variance.set_value(paddle.ones_like(m._variance))
     model.train()
+    sums: list[list[np.ndarray]] = [[np.zeros(m._mean.shape), np.zeros(m._variance.shape)] for m in bns]
+    count = 0
     try:
         with paddle.no_grad():
             for k, x in enumerate(batches):
                 for m in bns:
-                    m._momentum = k / (k + 1)
-                model(paddle.to_tensor(x))
+                    m._momentum = 0.0 if program else k / (k + 1)
+                (program or model)(paddle.to_tensor(x))
+                if program:
+                    for acc, m in zip(sums, bns):
+                        acc[0] += m._mean.numpy()
+                        acc[1] += m._variance.numpy()
+                count += 1
+        if program and count:
+            for (mean, var), m in zip(sums, bns):
+                m._mean.set_value((mean / count).astype(np.float32))
+                m._variance.set_value((var / count).astype(np.float32))
     finally:
         for m, momentum in zip(bns, saved):
             m._momentum = momentum

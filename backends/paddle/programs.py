@@ -1,0 +1,81 @@
+"""Static programs whose depthwise convolutions run on Paddle's oneDNN kernels (runtime.cpu_tuning).
+
+Why: Paddle 2.6 dygraph never uses oneDNN on the CPU (ONEDNN_VERBOSE shows no primitive, even with
+FLAGS_use_mkldnn=1), and its native depthwise-convolution kernel is a loop of per-sample, per-channel GEMMs:
+92% of a MobileNetV2 training step. FLAGS_use_mkldnn=1 under paddle.jit.to_static moves every op to oneDNN,
+whose conv2d weight gradients are wrong in Paddle 2.6 (relative error ~1.4; ResNet50 aborts), so only the
+depthwise ops are switched, through the `use_mkldnn` op attribute that Paddle's own static programs use. The
+parameters stay the dygraph model's: the optimizer, masks, checkpoints and export see them as usual.
+Gradients are checked against float64 in tests/integration/test_paddle_training_program.py; speed and
+gradient error per configuration in benchmarks/paddle_cpu_training.py.
+"""
+from __future__ import annotations
+
+import paddle
+from paddle import nn
+from paddle.static import InputSpec
+
+from common.pruning import is_depthwise
+
+ONEDNN_OPS = ("depthwise_conv2d",)
+NOTE = ("models with depthwise convolutions train, predict and recalibrate batch norm through paddle.jit.to_static "
+        "programs whose depthwise convolutions run on Paddle's oneDNN kernels (the op's use_mkldnn attribute); "
+        "dygraph runs them as a loop of per-sample, per-channel GEMMs (~6x slower MobileNetV2 training steps)")
+
+
+def depthwise_conv_count(model: nn.Layer) -> int:
+    """Convolutions with one input channel per group: what Paddle's native CPU kernel is slowest at."""
+    return sum(1 for m in model.sublayers() if getattr(m, "_groups", 1) > 1
+               and getattr(m, "weight", None) is not None and is_depthwise(tuple(m.weight.shape)))
+
+
+class OnednnDepthwiseProgram:
+    """Calls a Layer as a to_static program (one per input signature and train/eval mode), with the depthwise
+    convolution ops switched to oneDNN before each program first runs."""
+
+    def __init__(self, layer: nn.Layer):
+        self.layer = layer
+        self.static: paddle.jit.dy2static.program_translator.StaticFunction | None = None
+        self.onednn_ops = 0  # switched in the latest program
+
+    def __call__(self, *inputs: paddle.Tensor) -> paddle.Tensor:
+        if self.static is None:
+            specs = [InputSpec([None, *t.shape[1:]], t.dtype) for t in inputs]  # any batch size, one program
+            self.static = paddle.jit.to_static(self.layer, input_spec=specs, full_graph=True).forward
+        _, program = self.static.get_concrete_program(*inputs)
+        if not getattr(program, "_slimbench_onednn", False):
+            ops = [op for op in program._origin_main_program.global_block().ops if op.type in ONEDNN_OPS]
+            for op in ops:
+                op._set_attr("use_mkldnn", True)
+            program._slimbench_onednn = True
+            self.onednn_ops = len(ops)
+        return self.static(*inputs)
+
+
+class _Forward(nn.Layer):
+    """The model's forward alone, wrapped so that to_static leaves the model's own forward (and export) alone."""
+
+    def __init__(self, model: nn.Layer):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        return self.model(x)
+
+
+def _signature(model: nn.Layer) -> tuple:
+    """Which parameter tensors, of which shapes: pruning and QAT change it, and a traced program is then stale."""
+    return tuple((name, id(p), tuple(p.shape)) for name, p in model.named_parameters())
+
+
+def forward_program(model: nn.Layer, purpose: str) -> OnednnDepthwiseProgram | None:
+    """A cached program of the model's forward for `purpose` (each traces its own: the batch-norm momentum of a
+    training-mode program is fixed when traced), rebuilt when the model's parameters change; None without
+    depthwise convolutions."""
+    if not depthwise_conv_count(model):
+        return None
+    cache: dict = model.__dict__.setdefault("_slimbench_programs", {})
+    signature = _signature(model)
+    if purpose not in cache or cache[purpose][0] != signature:
+        cache[purpose] = (signature, OnednnDepthwiseProgram(_Forward(model)))
+    return cache[purpose][1]
