@@ -7,7 +7,9 @@ the data pipeline's share of a step, and its latency measurement against a minim
 
 Each backend runs in its own process (paddle and torch cannot share one). In every round the project's stage
 and the hand-written loop run the same model, batches, optimizer, learning rates, threads and steps, in
-alternating order (A B, then B A), and the ratio of the medians is printed: project / hand-written.
+alternating order (A B, then B A); rounds continue until there are at least --rounds of them and --min-seconds
+of measurement, so short passes (tiny models) get many. Printed: the median over rounds of project /
+hand-written, each round's pair measured back to back (a VM's speed wanders by 10% and more between seconds).
 """
 from __future__ import annotations
 
@@ -114,15 +116,10 @@ def worker(args: argparse.Namespace) -> dict:
                 hand_kwargs = hand_options(args.backend, options, device, hand_models["net"], teacher)
                 project(stage_fn, stage)  # warm-up: allocator, kernels, compilation, first-call costs
                 hand.train(*hand_args, **hand_kwargs)
-                for r in range(args.rounds):
-                    order = ("p", "h") if r % 2 == 0 else ("h", "p")
-                    for who in order:
-                        if who == "p":
-                            project_s.append(project(stage_fn, stage))
-                        else:
-                            hand_s.append(hand.train(*hand_args, **hand_kwargs))
-                rec[kind] = {"project_s": project_s, "hand_s": hand_s,
-                             "ratio": float(np.median(project_s) / np.median(hand_s)),
+                project_s, hand_s = alternate(lambda: project(stage_fn, stage),
+                                              lambda: hand.train(*hand_args, **hand_kwargs),
+                                              args.rounds, args.min_seconds)
+                rec[kind] = {"project_s": project_s, "hand_s": hand_s, **paired_ratio(project_s, hand_s),
                              "project_step_s": float(np.median(project_s)) / total,
                              "hand_images_per_s": args.batch * total / float(np.median(hand_s)),
                              "project_images_per_s": args.batch * total / float(np.median(project_s))}
@@ -138,14 +135,11 @@ def worker(args: argparse.Namespace) -> dict:
                 mine = backend.load_artifact(artifact, args.threads)
                 minimal = hand.artifact_predictor(str(artifact.entry))
                 x = stream.val_images(1)
-                p_mine, p_min = [], []
-                for r in range(args.rounds * 2):
-                    for who in (("m", "h") if r % 2 == 0 else ("h", "m")):
-                        times = time_calls(lambda: (mine if who == "m" else minimal)(x), 10, 50)
-                        (p_mine if who == "m" else p_min).append(float(np.median(times)))
+                p_mine, p_min = alternate(lambda: float(np.median(time_calls(lambda: mine(x), 10, 50))),
+                                          lambda: float(np.median(hand_time_calls(minimal, x, 10, 50))),
+                                          args.rounds * 2, args.min_seconds / 4)
                 rec["latency"] = {"project_p50_ms": float(np.median(p_mine)) * 1e3,
-                                  "minimal_p50_ms": float(np.median(p_min)) * 1e3,
-                                  "ratio": float(np.median(p_mine) / np.median(p_min))}
+                                  "minimal_p50_ms": float(np.median(p_min)) * 1e3, **paired_ratio(p_mine, p_min)}
         out["archs"][arch] = rec
         ratios = ", ".join(f"{k} x{rec[k]['ratio']:.3f}" for k in ("train", "distill") if k in rec)
         exact = ("" if "device_normalization_exact" not in rec else
@@ -154,6 +148,39 @@ def worker(args: argparse.Namespace) -> dict:
               f"step if produced in line (the stages prepare it in background threads){exact}"
               + (f", latency x{rec['latency']['ratio']:.3f}" if "latency" in rec else ""), file=sys.stderr, flush=True)
     return out
+
+
+def alternate(a, b, rounds: int, min_seconds: float) -> tuple[list[float], list[float]]:
+    """The values of a() and b() measured in alternating order (A B, B A, ...), for at least `rounds` rounds and
+    `min_seconds` of wall time."""
+    values: tuple[list[float], list[float]] = ([], [])
+    t0 = time.perf_counter()
+    r = 0
+    while r < rounds or time.perf_counter() - t0 < min_seconds:
+        for who in ((0, 1) if r % 2 == 0 else (1, 0)):
+            values[who].append((a, b)[who]())
+        r += 1
+    return values
+
+
+def paired_ratio(project: list[float], hand: list[float]) -> dict:
+    """Median and quartiles over rounds of project / hand-written, each round's pair measured back to back."""
+    import numpy as np
+    ratios = np.array(project) / np.array(hand)
+    return {"ratio": float(np.median(ratios)), "ratio_q25": float(np.percentile(ratios, 25)),
+            "ratio_q75": float(np.percentile(ratios, 75)), "rounds": len(ratios)}
+
+
+def hand_time_calls(predict, x, warmup: int, repeats: int) -> list[float]:
+    """The minimal timing loop: perf_counter around each call."""
+    for _ in range(warmup):
+        predict(x)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        predict(x)
+        times.append(time.perf_counter() - t0)
+    return times
 
 
 def cuda_normalization_exact(stream) -> bool:
@@ -194,7 +221,9 @@ def main() -> int:
     p.add_argument("--archs", default="tiny_cnn,mobilenet_v2,resnet50")
     p.add_argument("--teacher", default="resnet50", help="teacher arch for the distill comparison")
     p.add_argument("--steps", type=int, default=8)
-    p.add_argument("--rounds", type=int, default=4)
+    p.add_argument("--rounds", type=int, default=4, help="at least this many alternating rounds")
+    p.add_argument("--min-seconds", type=float, default=30.0,
+                   help="and at least this much measurement per stage comparison (a quarter for latency)")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--threads", type=int, default=os.cpu_count())
@@ -228,19 +257,21 @@ def main() -> int:
                 print(f"{b} {variant}: benchmark process failed (exit {proc.returncode})", file=sys.stderr)
                 return proc.returncode
             results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-    print(f"\n{'backend':8} {'variant':28} {'arch':14} {'train':>7} {'distill':>8} {'img/s project':>14} "
-          f"{'img/s hand':>11} {'data/step':>10} {'latency':>8}")
+    def cell(m: dict | None) -> str:
+        return f"{m['ratio']:.3f} [{m['ratio_q25']:.2f}-{m['ratio_q75']:.2f}]" if m else "-"
+
+    print(f"\n{'backend':8} {'variant':20} {'arch':13} {'train':>19} {'distill':>19} {'img/s project':>14} "
+          f"{'img/s hand':>11} {'data/step':>10} {'latency':>19}")
     for r in results:
         for arch, rec in r["archs"].items():
             main_kind = rec.get("distill") or rec["train"]
-            cells = [f"{rec[k]['ratio']:.3f}" if k in rec else "-" for k in ("train", "distill")]
-            lat = f"{rec['latency']['ratio']:.3f}" if "latency" in rec else "-"
-            print(f"{r['backend']:8} {r['variant']:28} {arch:14} {cells[0]:>7} {cells[1]:>8} "
-                  f"{main_kind['project_images_per_s']:14.1f} {main_kind['hand_images_per_s']:11.1f} "
-                  f"{rec['data_share_of_step'] * 100:9.2f}% {lat:>8}")
-    print("\ntrain/distill/latency: project time / hand-written time (target <= 1.05); img/s: training "
-          "throughput of the distill stage (train where distill was not run); data/step: time to produce a batch "
-          "as a share of the project's step time (target <= 5%)")
+            print(f"{r['backend']:8} {r['variant']:20} {arch:13} {cell(rec.get('train')):>19} "
+                  f"{cell(rec.get('distill')):>19} {main_kind['project_images_per_s']:14.1f} "
+                  f"{main_kind['hand_images_per_s']:11.1f} {rec['data_share_of_step'] * 100:9.2f}% "
+                  f"{cell(rec.get('latency')):>19}")
+    print("\ntrain/distill/latency: project time / hand-written time, median over rounds [quartiles] (target "
+          "<= 1.05; latency within 5%); img/s: training throughput of the distill stage (train where distill was "
+          "not run); data/step: time to produce a batch as a share of the project's step time (target <= 5%)")
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
     return 0
