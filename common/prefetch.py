@@ -22,9 +22,9 @@ _END = object()
 
 def default_workers(cpu_count: int | None = None) -> int:
     """One thread on small machines (the step itself needs the cores), up to 4 on large ones;
-    SLIMBENCH_DATA_THREADS overrides."""
+    SLIMBENCH_DATA_THREADS overrides (0: batches are made in line, no thread)."""
     if os.environ.get("SLIMBENCH_DATA_THREADS"):
-        return max(1, int(os.environ["SLIMBENCH_DATA_THREADS"]))
+        return max(0, int(os.environ["SLIMBENCH_DATA_THREADS"]))
     cores = cpu_count or os.cpu_count() or 1
     return 1 if cores <= 4 else min(4, cores // 4)
 
@@ -35,6 +35,9 @@ def prefetch_map(fn: Callable[[T], R], items: Iterable[T], workers: int = 1, dep
     An exception in `fn` is raised where its item would have been yielded. Leaving the loop early cancels
     the items not started and waits for the (at most `workers`) running ones.
     """
+    if workers == 0:
+        yield from map(fn, items)
+        return
     depth = max(depth or workers + 1, 1)
     source = iter(items)
     pending: deque[Future] = deque()

@@ -33,16 +33,19 @@ class OnednnDepthwiseProgram:
     """Calls a Layer as a to_static program (one per input signature and train/eval mode), with the depthwise
     convolution ops switched to oneDNN before each program first runs."""
 
-    def __init__(self, layer: nn.Layer):
-        self.layer = layer
+    def __init__(self, layer: nn.Layer, mode_of: nn.Layer | None = None):
+        self.layer, self.mode_of = layer, mode_of  # mode_of: whose train/eval mode picks the program per call
         self.static: paddle.jit.dy2static.program_translator.StaticFunction | None = None
         self.onednn_ops = 0  # switched in the latest program
 
     def __call__(self, *inputs: paddle.Tensor) -> paddle.Tensor:
+        if self.mode_of is not None:
+            self.layer.training = self.mode_of.training  # to_static keys its programs on the layer's own flag
         if self.static is None:
             specs = [InputSpec([None, *t.shape[1:]], t.dtype) for t in inputs]  # any batch size, one program
             self.static = paddle.jit.to_static(self.layer, input_spec=specs, full_graph=True).forward
-        _, program = self.static.get_concrete_program(*inputs)
+        # The program this call will run: to_static keys them on the mode too, and defaults is_train to True.
+        _, program = self.static.get_concrete_program(*inputs, is_train=self.layer.training)
         if not getattr(program, "_slimbench_onednn", False):
             ops = [op for op in program._origin_main_program.global_block().ops if op.type in ONEDNN_OPS]
             for op in ops:
@@ -77,5 +80,5 @@ def forward_program(model: nn.Layer, purpose: str) -> OnednnDepthwiseProgram | N
     cache: dict = model.__dict__.setdefault("_slimbench_programs", {})
     signature = _signature(model)
     if purpose not in cache or cache[purpose][0] != signature:
-        cache[purpose] = (signature, OnednnDepthwiseProgram(_Forward(model)))
+        cache[purpose] = (signature, OnednnDepthwiseProgram(_Forward(model), mode_of=model))
     return cache[purpose][1]

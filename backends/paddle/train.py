@@ -85,7 +85,8 @@ class Trainer:
         return [paddle.to_tensor(x), paddle.to_tensor(y)]
 
     def loss(self, x: np.ndarray, y: np.ndarray) -> paddle.Tensor:
-        self.objective.train()
+        if not self.model.training:  # evaluation left it in eval mode; train() walks every layer, so not per step
+            self.objective.train()
         return (self.program or self.objective)(*self.inputs(x, y))
 
     def step(self, x: np.ndarray, y: np.ndarray, lr: float) -> float:

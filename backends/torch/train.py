@@ -68,9 +68,9 @@ class Trainer:
         self.norm: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def normalize_on_device(self, mean: np.ndarray, std: np.ndarray) -> bool:
-        """On a GPU, take uint8 batches: a quarter of the host-to-device bytes and no float copy on the host."""
-        if self.device.type != "cuda":
-            return False
+        """Take uint8 batches and normalize them with torch's kernels, bit-identically to the numpy stream. On a
+        GPU: a quarter of the host-to-device bytes and no float copy on the host. On the CPU: the data thread
+        only gathers bytes, so it hardly competes for the GIL and the cores with the step (tiny models paid ~5%)."""
         self.norm = (torch.from_numpy(mean).to(self.device), torch.from_numpy(std).to(self.device))
         return True
 
@@ -78,7 +78,8 @@ class Trainer:
         return F.cross_entropy(self.forward(x), y)
 
     def step(self, x: np.ndarray, y: np.ndarray, lr: float) -> float:
-        self.model.train()
+        if not self.model.training:  # train() walks every module: per step it cost tiny models ~2%
+            self.model.train()
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         xb = torch.from_numpy(x).to(self.device, non_blocking=True)

@@ -167,7 +167,10 @@ def test_predict_and_batch_norm_recalibration_programs_match_dygraph(backend):
     tuned_model, eager_model = _mobilenet(backend, state), _mobilenet(backend, state)
     ref = untuned.predict(eager_model, x)
     np.testing.assert_allclose(backend.predict(tuned_model, x), ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
-    assert "predict" in tuned_model.__dict__["_slimbench_programs"]
+    predict = tuned_model.__dict__["_slimbench_programs"]["predict"][1]
+    _, ran = predict.static.get_concrete_program(paddle.to_tensor(x), is_train=False)  # the one evaluation ran
+    assert not ran.training and predict.onednn_ops == 17
+    assert all(op.attr("use_mkldnn") for op in ran.infer_program.global_block().ops if op.type == "depthwise_conv2d")
 
     batches = [x[:8] * (1 + i) for i in range(3)]
     backend.recalibrate_bn(tuned_model, iter(batches))

@@ -76,7 +76,9 @@ def test_smoke_all_backends_same_data_and_report(tmp_path: Path):
     assert lt == pytest.approx(lp, rel=1e-3)
     report = (run / "report.md").read_text()
     for text in ("PyTorch top-1", "PaddlePaddle top-1", "Knowledge-distillation gain", "initial-weight parity",
-                 "split hash", "Paddle Inference", "torch.export", "batch 1 latency p50 / p90 ms"):
+                 "split hash", "Paddle Inference", "torch.export", "batch 1 latency p50 / p90 ms",
+                 "PyTorch CPU training (runtime.cpu_tuning): models with depthwise convolutions train in channels_last",
+                 "PaddlePaddle CPU training (runtime.cpu_tuning): models with depthwise convolutions train, predict"):
         assert text in report, text
     assert (run / "results.csv").read_text().startswith("backend,seed,stage,model,metric,value")
     # The report is rebuilt from result files alone.

@@ -64,15 +64,31 @@ def test_device_normalization_of_uint8_batches_is_bit_identical_to_the_stream():
         np.testing.assert_array_equal(got, expected)  # exact, not approximate
 
 
-def test_trainer_normalizes_on_device_only_on_a_gpu():
+def test_trainer_takes_uint8_batches_once_asked_and_trains_on_the_same_values():
+    """The stage hands the torch trainer uint8 batches (on the CPU too) once it agrees to normalize them; the
+    losses are those of the float32 batches the stream would have given, exactly."""
     from backends.torch import create
+    from common.data import BatchStream, load_dataset
+    from common.recipe import DataConfig
     b = create()
     b.configure(2, "cpu", 0)
-    trainer = b.trainer(b.build_model(ModelConfig(arch="tiny_cnn"), 10), OptimizerConfig(name="sgd", lr=0.05))
-    one = np.ones((1, 3, 1, 1), np.float32)
-    assert trainer.normalize_on_device(one, one) is False
-    with pytest.raises(ValueError, match="normalize on its device"):
-        trainer.step(np.zeros((4, 3, 16, 16), np.uint8), np.zeros(4, np.int64), 0.1)
+    cfg = DataConfig(dataset="synthetic", image_size=16, batch_size=16, synthetic_samples=64)
+    stream = BatchStream(load_dataset(cfg), cfg, seed=1)
+    plan = next(stream.train_plans(0))
+    (xf, y), (xu, _) = stream.materialize(plan), stream.materialize(plan, normalize=False)
+    state = b.build_model(ModelConfig(arch="tiny_cnn"), 10).state_dict()
+    losses = []
+    for x, ask in ((xf, False), (xu, True)):
+        model = b.build_model(ModelConfig(arch="tiny_cnn"), 10)
+        model.load_state_dict(state)
+        trainer = b.trainer(model, OptimizerConfig(name="sgd", lr=0.05))
+        if ask:
+            assert trainer.normalize_on_device(*stream.normalization) is True
+        else:
+            with pytest.raises(ValueError, match="normalize on its device"):
+                trainer.step(xu, y, 0.05)
+        losses.append([trainer.step(x, y, 0.05) for _ in range(2)])
+    assert losses[0] == losses[1]
 
 
 @pytest.mark.parametrize("arch,tuning,expected", [("mobilenet_v2", True, True), ("mobilenet_v2", False, False),

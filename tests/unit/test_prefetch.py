@@ -63,3 +63,15 @@ def test_default_workers_leave_small_machines_one_thread():
     assert default_workers(2) == 1
     assert default_workers(16) == 4
     assert default_workers(128) == 4
+
+
+def test_zero_workers_make_batches_in_line(monkeypatch):
+    monkeypatch.setenv("SLIMBENCH_DATA_THREADS", "0")
+    assert default_workers(16) == 0
+    calls = []
+    out = prefetch_map(lambda i: calls.append(i) or i * 2, range(5), workers=0)
+    assert calls == []  # lazy, like map
+    assert next(out) == 0 and calls == [0]
+    assert list(out) == [2, 4, 6, 8]
+    assert threading.active_count() == 1 or all(not t.name.startswith("slimbench-prefetch")
+                                                  for t in threading.enumerate())
