@@ -91,7 +91,7 @@ def worker(args: argparse.Namespace) -> dict:
         with tempfile.TemporaryDirectory() as tmp, open(os.devnull, "w") as devnull:
             if args.prebuilt_batches:  # diagnosis: the stage without producing its data
                 stream.train_plans = lambda epoch: iter(range(total))
-                stream.materialize = lambda i: batches[i]
+                stream.materialize = lambda i, normalize=True: batches[i]  # float32 either way
             ctx = RunContext(backend, recipe, stream, 10, Path(tmp), args.threads, Progress(stream=devnull),
                              models=dict(models), model_cfgs=dict(recipe.models))
 

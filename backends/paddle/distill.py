@@ -6,6 +6,7 @@ import paddle
 from paddle import nn
 from paddle.nn import functional as F
 
+from backends.paddle.programs import forward_program
 from backends.paddle.train import Trainer
 from common.recipe import OptimizerConfig
 
@@ -45,9 +46,11 @@ class Distiller(Trainer):
 
     def inputs(self, x: np.ndarray, y: np.ndarray) -> list[paddle.Tensor]:
         xb, yb = super().inputs(x, y)
-        self.teacher.eval()
+        if self.teacher.training:
+            self.teacher.eval()
+        forward = forward_program(self.teacher, "predict") if self.onednn_depthwise else None
         with paddle.no_grad():
-            t = self.teacher(xb)
+            t = (forward or self.teacher)(xb)
         return [xb, yb, t]
 
 

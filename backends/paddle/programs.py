@@ -1,8 +1,8 @@
 """Static programs whose depthwise convolutions run on Paddle's oneDNN kernels (runtime.cpu_tuning).
 
 Why: Paddle 2.6 dygraph never uses oneDNN on the CPU (ONEDNN_VERBOSE shows no primitive, even with
-FLAGS_use_mkldnn=1), and its native depthwise-convolution kernel is a loop of per-sample, per-channel GEMMs:
-92% of a MobileNetV2 training step. FLAGS_use_mkldnn=1 under paddle.jit.to_static moves every op to oneDNN,
+FLAGS_use_mkldnn=1), and its native depthwise-convolution kernel is a single-threaded loop of per-sample,
+per-channel GEMMs: 92% of a MobileNetV2 training step. FLAGS_use_mkldnn=1 under paddle.jit.to_static moves every op to oneDNN,
 whose conv2d weight gradients are wrong in Paddle 2.6 (relative error ~1.4; ResNet50 aborts), so only the
 depthwise ops are switched, through the `use_mkldnn` op attribute that Paddle's own static programs use. The
 parameters stay the dygraph model's: the optimizer, masks, checkpoints and export see them as usual.
@@ -20,7 +20,8 @@ from common.pruning import is_depthwise
 ONEDNN_OPS = ("depthwise_conv2d",)
 NOTE = ("models with depthwise convolutions train, predict and recalibrate batch norm through paddle.jit.to_static "
         "programs whose depthwise convolutions run on Paddle's oneDNN kernels (the op's use_mkldnn attribute); "
-        "dygraph runs them as a loop of per-sample, per-channel GEMMs (~6x slower MobileNetV2 training steps)")
+        "dygraph runs them as a single-threaded loop of per-sample, per-channel GEMMs (MobileNetV2 training steps "
+        "8x slower, evaluation 9x)")
 
 
 def depthwise_conv_count(model: nn.Layer) -> int:

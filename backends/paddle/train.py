@@ -72,7 +72,7 @@ class Trainer:
     an OnednnDepthwiseProgram (backends/paddle/programs.py; CPU only: the op attribute is a CPU kernel choice)."""
 
     def __init__(self, model: nn.Layer, cfg: OptimizerConfig, onednn_depthwise: bool = False):
-        self.model = model
+        self.model, self.onednn_depthwise = model, onednn_depthwise
         self.optimizer = make_optimizer(model, cfg)
         self.objective = self.make_objective(model)
         self.program = (OnednnDepthwiseProgram(self.objective)

@@ -32,8 +32,10 @@ class Distiller(Trainer):
         self.teacher_forward = prepare_module(teacher, runtime, self.teacher_channels_last)
 
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        self.teacher.eval()
-        tx = x.contiguous(memory_format=torch.channels_last if self.teacher_channels_last else torch.contiguous_format)
+        if self.teacher.training:
+            self.teacher.eval()
+        fmt = torch.channels_last if self.teacher_channels_last else torch.contiguous_format
+        tx = x.contiguous(memory_format=fmt)  # the student's layout may differ (cpu_tuning)
         with torch.no_grad():
             t = self.teacher_forward(tx)
         return hinton_loss(self.forward(x), t, y, self.temperature, self.alpha)
