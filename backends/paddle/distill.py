@@ -40,6 +40,8 @@ class Distiller(Trainer):
         super().__init__(student, cfg, onednn_depthwise)
         for p in teacher.parameters():
             p.stop_gradient = True
+        # Looked up once: the frozen teacher's parameters cannot change while it distils.
+        self.teacher_forward = (forward_program(teacher, "predict") if onednn_depthwise else None) or teacher
 
     def make_objective(self, model: nn.Layer) -> nn.Layer:
         return HintonObjective(model, self.temperature, self.alpha)
@@ -48,9 +50,8 @@ class Distiller(Trainer):
         xb, yb = super().inputs(x, y)
         if self.teacher.training:
             self.teacher.eval()
-        forward = forward_program(self.teacher, "predict") if self.onednn_depthwise else None
         with paddle.no_grad():
-            t = (forward or self.teacher)(xb)
+            t = self.teacher_forward(xb)
         return [xb, yb, t]
 
 
