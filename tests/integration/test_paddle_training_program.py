@@ -191,3 +191,24 @@ def test_predict_and_batch_norm_recalibration_programs_match_dygraph(backend):
         backend.prune_filters(model, "l1", 0.3, {}, [head], (1, 3, 32, 32))
     ref = untuned.predict(eager_model, x)
     np.testing.assert_allclose(backend.predict(tuned_model, x), ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+
+
+def test_distiller_runs_a_depthwise_teacher_through_its_evaluation_program(backend):
+    """A MobileNetV2 teacher is evaluated through its oneDNN program in eval mode (even when handed over in
+    train mode), and the student's KD inputs carry the logits eager evaluation gives."""
+    from backends.paddle.distill import Distiller
+    from backends.paddle.programs import OnednnDepthwiseProgram
+    x, y = _batch()
+    state = backend.state_to_numpy(_mobilenet(backend))
+    teacher, eager_teacher = _mobilenet(backend, state), _mobilenet(backend, state)
+    eager_teacher.eval()
+    with paddle.no_grad():
+        ref = eager_teacher(paddle.to_tensor(x)).numpy()
+    teacher.train()
+    distiller = Distiller(_mobilenet(backend, state), teacher, OPT, 4.0, 0.9, onednn_depthwise=True)
+    assert isinstance(distiller.teacher_forward, OnednnDepthwiseProgram)
+    _, _, logits = distiller.inputs(x, y)
+    assert not teacher.training
+    np.testing.assert_allclose(logits.numpy(), ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+    assert distiller.teacher_forward.onednn_ops == 17
+    assert np.isfinite(distiller.step(x, y, OPT.lr))
