@@ -32,7 +32,7 @@ test-all: $(STAMP)
 
 # Every built-in recipe, default profile, the recipe's seeds (3), both backends: hours on a 2-core CPU.
 # Each run stays in runs/<recipe>/<run-id>/; its report and result files are published to reports/<recipe>/.
-RECIPES ?= $(basename $(notdir $(wildcard recipes/*.yaml)))
+RECIPES ?= $(basename $(notdir $(wildcard common/recipes/*.yaml)))
 # A run with a failed backend is still published (its report says what failed); make exits 1 at the end.
 reports: $(STAMP)
 	@failed=""; for r in $(RECIPES); do \
