@@ -92,14 +92,26 @@ def load_dataset(cfg: DataConfig) -> Dataset:
                "imagefolder": _imagefolder}
     train, val, num_classes = loaders[cfg.dataset](cfg)
     if cfg.train_limit:
-        train = train.subset(np.arange(min(cfg.train_limit, len(train))))
+        train = train.subset(_balanced_subset(train.labels, cfg.train_limit, cfg.split_seed))
     if cfg.val_limit:
-        val = val.subset(np.arange(min(cfg.val_limit, len(val))))
+        val = val.subset(_balanced_subset(val.labels, cfg.val_limit, cfg.split_seed + 1))
     if len(train) < cfg.batch_size:
         raise DataError(f"dataset '{cfg.dataset}': the training split has {len(train)} images, fewer than "
                         f"data.batch_size={cfg.batch_size}")
     mean, std = _channel_stats(train)
     return Dataset(cfg.dataset, train, val, num_classes, mean, std)
+
+
+def _balanced_subset(labels: np.ndarray, limit: int, seed: int) -> np.ndarray:
+    """`limit` indices drawn class by class in turn (seeded), in ascending order: a limit keeps every class
+    while it allows one image per class, where a prefix of class-sorted files would drop whole classes."""
+    if limit >= len(labels):
+        return np.arange(len(labels))
+    rng = np.random.default_rng([seed, 0x11A1])
+    per_class = [rng.permutation(np.flatnonzero(labels == c)) for c in np.unique(labels)]
+    depth = max(len(p) for p in per_class)
+    interleaved = [p[i] for i in range(depth) for p in per_class if i < len(p)]
+    return np.sort(np.asarray(interleaved[:limit], np.intp))
 
 
 def _resize_nearest(x: np.ndarray, size: int) -> np.ndarray:
@@ -148,6 +160,20 @@ _CIFAR_LAYOUT = {
 }
 
 
+class _CifarUnpickler(pickle.Unpickler):
+    """Loads the CIFAR python files and nothing else: a pickle can name any Python callable and run it while
+    loading, so only the globals a numpy-array dict needs are allowed (CIFAR's files use exactly these)."""
+    ALLOWED = {("_codecs", "encode"), ("numpy", "ndarray"), ("numpy", "dtype"),
+               ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}: a CIFAR file holds only arrays, lists "
+                                         "and strings")
+        return super().find_class(module, name)
+
+
 def _cifar(cfg: DataConfig) -> tuple[ArraySource, ArraySource, int]:
     """CIFAR-10/100 from the standard python-pickle files; the official test split is the validation split."""
     folder, train_files, test_files, label_key, k = _CIFAR_LAYOUT[cfg.dataset]
@@ -163,13 +189,30 @@ def _cifar(cfg: DataConfig) -> tuple[ArraySource, ArraySource, int]:
     def read(files: list[str]) -> ArraySource:
         xs, ys = [], []
         for f in files:
+            path = root / f
             try:
-                with open(root / f, "rb") as fh:
-                    d = pickle.load(fh, encoding="bytes")
-                xs.append(np.asarray(d[b"data"], np.uint8).reshape(-1, 3, 32, 32))
-                ys.append(np.asarray(d[label_key], np.int64))
-            except (OSError, pickle.UnpicklingError, KeyError, ValueError, EOFError) as e:
-                raise DataError(f"corrupt dataset file {root / f}: {e!r}. {expected}") from e
+                with open(path, "rb") as fh:
+                    d = _CifarUnpickler(fh, encoding="bytes").load()
+            except (OSError, pickle.UnpicklingError, ValueError, EOFError, AttributeError, TypeError,
+                    IndexError) as e:
+                raise DataError(f"corrupt dataset file {path}: {e}. {expected}") from None
+            if not isinstance(d, dict) or b"data" not in d or label_key not in d:
+                raise DataError(f"corrupt dataset file {path}: expected a dict with keys b'data' and {label_key!r}, "
+                                f"got {type(d).__name__}. {expected}")
+            try:
+                x = np.asarray(d[b"data"], np.uint8).reshape(-1, 3, 32, 32)
+                y = np.asarray(d[label_key], np.int64).reshape(-1)
+            except (ValueError, TypeError) as e:
+                raise DataError(f"corrupt dataset file {path}: data is not N x 3072 uint8 with integer labels "
+                                f"({e})") from None
+            if len(x) != len(y):
+                raise DataError(f"corrupt dataset file {path}: {len(x)} images but {len(y)} labels")
+            if len(y) and (y.min() < 0 or y.max() >= k):
+                bad = int(y[(y < 0) | (y >= k)][0])
+                raise DataError(f"corrupt dataset file {path}: label {bad} outside 0..{k - 1} ({cfg.dataset} has "
+                                f"{k} classes)")
+            xs.append(x)
+            ys.append(y)
         return ArraySource(_resize_nearest(np.concatenate(xs), cfg.image_size), np.concatenate(ys))
 
     return read(train_files), read(test_files), k
@@ -185,8 +228,9 @@ def _imagefolder(cfg: DataConfig) -> tuple[FileSource, FileSource, int]:
     if not (root / "train").is_dir() or not (root / "val").is_dir():
         raise DataError(f"dataset not found: {root}: {layout}")
     classes = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
-    if not classes:
-        raise DataError(f"no class folders in {root / 'train'}: {layout}")
+    if len(classes) < 2:
+        raise DataError(f"{root / 'train'} has {len(classes)} class folder(s): classification needs at least 2. "
+                        f"{layout}")
     index = {c: i for i, c in enumerate(classes)}
 
     def scan(split: str) -> FileSource:
@@ -194,12 +238,16 @@ def _imagefolder(cfg: DataConfig) -> tuple[FileSource, FileSource, int]:
         for c in sorted(p.name for p in (root / split).iterdir() if p.is_dir()):
             if c not in index:
                 raise DataError(f"{root / split / c}: class not present in {root / 'train'}")
-            for f in sorted((root / split / c).iterdir()):
-                if f.suffix.lower() in _IMAGE_SUFFIXES:
-                    files.append(f)
-                    labels.append(index[c])
-        if not files:
-            raise DataError(f"no images under {root / split}: {layout}")
+            images = [f for f in sorted((root / split / c).iterdir()) if f.suffix.lower() in _IMAGE_SUFFIXES]
+            if not images:
+                raise DataError(f"{root / split / c}: empty class folder (no {'/'.join(sorted(_IMAGE_SUFFIXES))} "
+                                "files): remove it or add images")
+            files += images
+            labels += [index[c]] * len(images)
+        absent = sorted(set(classes) - {classes[i] for i in set(labels)})
+        if absent:
+            raise DataError(f"{root / split}: no folder for class(es) {', '.join(absent[:5])} of {root / 'train'}: "
+                            f"every class needs images in both splits. {layout}")
         return FileSource(files, np.asarray(labels, np.int64), cfg.image_size)
 
     return scan("train"), scan("val"), len(classes)

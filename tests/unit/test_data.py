@@ -111,3 +111,67 @@ def test_imagefolder_tree(tmp_path: Path):
     assert x.shape == (4, 3, 16, 16)
     with pytest.raises(DataError, match="ImageNet layout"):
         load_dataset(replace(cfg, path=str(tmp_path / "nowhere")))
+
+
+def _cifar_file(root: Path, name: str, payload) -> None:
+    with open(root / "cifar-10-batches-py" / name, "wb") as fh:
+        pickle.dump(payload, fh)
+
+
+class _Exploit:
+    """A pickle that would run a command when loaded by plain pickle.load."""
+
+    def __reduce__(self):
+        import os
+        return (os.system, ("touch /tmp/slimbench-pwned",))
+
+
+@pytest.mark.parametrize("payload,expected", [
+    ({b"data": np.zeros((20, 3072), np.uint8), b"labels": [0] * 19}, "20 images but 19 labels"),
+    ({b"data": np.zeros((20, 3072), np.uint8), b"labels": [12] * 20}, r"label 12 outside 0\.\.9"),
+    ({b"data": np.zeros((20, 3072), np.uint8), b"labels": [-1] * 20}, r"label -1 outside 0\.\.9"),
+    ([1, 2, 3], "expected a dict with keys b'data'"),
+    ({b"data": np.zeros((20, 100), np.uint8), b"labels": [0] * 20}, "not N x 3072"),
+    (_Exploit(), "refusing to load posix.system"),
+])
+def test_bad_cifar_files_are_data_errors_naming_the_file(tmp_path: Path, payload, expected):
+    _write_cifar10(tmp_path)
+    _cifar_file(tmp_path, "data_batch_3", payload)
+    with pytest.raises(DataError, match=expected) as e:
+        load_dataset(DataConfig(dataset="cifar10", path=str(tmp_path), batch_size=8))
+    assert "data_batch_3" in str(e.value)
+    assert not Path("/tmp/slimbench-pwned").exists()
+
+
+def _image_tree(root: Path, layout: dict[str, dict[str, int]]) -> None:
+    from PIL import Image
+    for split, classes in layout.items():
+        for cls, n in classes.items():
+            d = root / split / cls
+            d.mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(np.full((8, 8, 3), i, np.uint8)).save(d / f"{i}.png")
+
+
+@pytest.mark.parametrize("layout,expected", [
+    ({"train": {"a": 3, "b": 0}, "val": {"a": 1, "b": 1}}, "empty class folder"),
+    ({"train": {"a": 3, "b": 3}, "val": {"a": 1, "b": 0}}, "empty class folder"),
+    ({"train": {"a": 3, "b": 3}, "val": {"a": 1}}, "no folder for class"),
+    ({"train": {"a": 3}, "val": {"a": 1}}, "at least 2"),
+])
+def test_imagefolder_trees_that_cannot_be_classified_fairly(tmp_path: Path, layout, expected):
+    _image_tree(tmp_path, layout)
+    with pytest.raises(DataError, match=expected):
+        load_dataset(DataConfig(dataset="imagefolder", path=str(tmp_path), image_size=8, batch_size=2))
+
+
+def test_limits_keep_every_class_and_are_seeded(tmp_path: Path):
+    """A limit draws class by class: a class-sorted prefix (ImageFolder) would keep only the first classes."""
+    _image_tree(tmp_path, {"train": {c: 6 for c in "abcd"}, "val": {c: 3 for c in "abcd"}})
+    cfg = DataConfig(dataset="imagefolder", path=str(tmp_path), image_size=8, batch_size=2, train_limit=8,
+                     val_limit=4)
+    data = load_dataset(cfg)
+    assert sorted(np.bincount(data.train.labels)) == [2, 2, 2, 2]
+    assert sorted(np.bincount(data.val.labels)) == [1, 1, 1, 1]
+    again = load_dataset(cfg)
+    assert [str(f) for f in data.train.files] == [str(f) for f in again.train.files]
