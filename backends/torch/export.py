@@ -1,7 +1,9 @@
 """Deployable fp32 artifact: a `torch.export` program (.pt2) with a dynamic batch dimension."""
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -10,7 +12,33 @@ from torch import nn
 from backends.base import ExportedArtifact
 
 
+@contextmanager
+def _frozen(model: nn.Module) -> Iterator[None]:
+    """Export what inference uses and nothing of the training history: parameters without requires_grad and
+    batch-norm step counters at 0 (unused in eval mode). A teacher frozen by a distill stage and the same
+    teacher reloaded from its checkpoint on resume then give byte-identical files."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    counters = [(m, m.num_batches_tracked.clone()) for m in model.modules()
+                if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.num_batches_tracked is not None]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    for m, _ in counters:
+        m.num_batches_tracked.zero_()
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        for m, value in counters:
+            m.num_batches_tracked.copy_(value)
+
+
 def export_model(model: nn.Module, example: np.ndarray, out_dir: Path) -> ExportedArtifact:
+    with _frozen(model):
+        return _export(model, example, out_dir)
+
+
+def _export(model: nn.Module, example: np.ndarray, out_dir: Path) -> ExportedArtifact:
     out_dir.mkdir(parents=True, exist_ok=True)
     model.eval()
     device = next(model.parameters()).device
