@@ -9,41 +9,82 @@ from pathlib import Path
 
 import yaml
 
-from common.errors import SlimbenchError, UsageError
+from backends.capabilities import check_capabilities
+from common.errors import SlimbenchError, Terminated, UsageError
 from common.recipe import BACKENDS, builtin_recipes, load_recipe, recipe_to_dict
+from common.results import atomic_write_text, check_publish_target, read_run_meta
 
 
 def _seeds(text: str) -> tuple[int, ...]:
-    try:
-        seeds = tuple(int(s) for s in text.split(",") if s.strip())
-    except ValueError:
-        raise UsageError(f"--seeds {text!r}: expected comma-separated integers, e.g. 0,1,2") from None
-    if not seeds:
-        raise UsageError("--seeds: expected at least one seed")
+    parts = [s.strip() for s in text.split(",")]
+    if not text.strip() or any(not p.isdigit() or len(p) > 9 for p in parts):
+        raise UsageError(f"--seeds {text[:40]!r}: expected comma-separated integers >= 0, e.g. 0,1,2")
+    seeds = tuple(int(p) for p in parts)
+    if len(set(seeds)) != len(seeds):
+        raise UsageError(f"--seeds {text!r}: expected distinct seeds")
     return seeds
 
 
 def _backends(text: str) -> list[str]:
     if text == "all":
         return list(BACKENDS)
-    chosen = [b.strip() for b in text.split(",") if b.strip()]
-    bad = [b for b in chosen if b not in BACKENDS]
-    if bad or not chosen:
-        raise UsageError(f"--backend {text!r}: expected torch, paddle, all, or a comma-separated list of those")
+    chosen = [b.strip() for b in text.split(",")]
+    if not all(b in BACKENDS for b in chosen):
+        raise UsageError(f"--backend {text[:40]!r}: expected torch, paddle, all, or a comma-separated list of those")
+    if len(set(chosen)) != len(chosen):
+        raise UsageError(f"--backend {text!r}: name each backend once")
     return chosen
 
 
+def _threads(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 1024:
+        raise UsageError(f"--threads {text[:20]!r}: expected an integer from 1 to 1024 (default: runtime.threads, "
+                         "else all cores)")
+    return int(text)
+
+
+def _writable_dir(path: Path, flag: str) -> Path:
+    """A directory we may create files in: created if missing; a file, or a place we cannot write, is refused."""
+    if "\0" in str(path):
+        raise UsageError(f"{flag} {str(path)!r}: a path cannot contain a NUL character")
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{flag} {path}: exists and is not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"{flag} {path}: cannot create the directory ({e.strerror or e})") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag} {path}: the directory is not writable")
+    return path
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line and exit 2, like every other slimbench error."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
 def _guard(fn):
-    """Turn SlimbenchError into one line on stderr and its exit code: users never see our tracebacks."""
+    """Turn SlimbenchError into one line on stderr and its exit code: users never see our tracebacks
+    (SLIMBENCH_DEBUG=1 shows them). An interrupted run exits 130 (Ctrl-C) or 143 (SIGTERM)."""
     def wrapped(argv: list[str] | None = None) -> int:
         try:
             return fn(argv)
         except SlimbenchError as e:
-            print(f"error: {e}", file=sys.stderr)
+            if os.environ.get("SLIMBENCH_DEBUG"):
+                raise
+            print(f"error: {_one_line(str(e))}", file=sys.stderr)
             return e.exit_code
-        except KeyboardInterrupt:  # the runner has already said how to resume
+        except Terminated:  # the runner has already said how to resume
+            return 143
+        except KeyboardInterrupt:
             return 130
     return wrapped
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split()) or "(no message)"
 
 
 def _recipe_args(p: argparse.ArgumentParser) -> None:
@@ -55,7 +96,7 @@ def _recipe_args(p: argparse.ArgumentParser) -> None:
 
 @_guard
 def run_recipe(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="run-recipe", description="Run a compression recipe on PyTorch and/or "
+    p = _Parser(prog="run-recipe", description="Run a compression recipe on PyTorch and/or "
                                 "PaddlePaddle and write comparable results and a report.")
     p.add_argument("recipe", nargs="?", help="built-in recipe name (see `slimbench list`) or path to a recipe .yaml")
     p.add_argument("--resume", type=Path, metavar="RUN_DIR", default=None,
@@ -64,7 +105,7 @@ def run_recipe(argv: list[str] | None = None) -> int:
     p.add_argument("--backend", default="all", help="torch | paddle | all (default)")
     _recipe_args(p)
     p.add_argument("--out", type=Path, default=Path("runs"), help="runs directory (default ./runs)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads per backend (default: runtime.threads "
+    p.add_argument("--threads", type=_threads, default=None, help="CPU threads per backend (default: runtime.threads "
                    "from the recipe, else all cores)")
     a = p.parse_args(argv)
     from common.report import write_report
@@ -73,17 +114,19 @@ def run_recipe(argv: list[str] | None = None) -> int:
         if a.recipe or a.overrides or a.profile != "default":
             raise UsageError("--resume RUN_DIR takes the recipe and profile from the run itself: pass no recipe, "
                              "--profile or --set (--seeds adds seeds to the run)")
-        if not (a.resume / "run.json").is_file():
-            raise UsageError(f"{a.resume} is not a run directory (no run.json): pass runs/<recipe>/<run-id>")
-        outcome = resume_run(a.resume, _seeds(a.seeds) if a.seeds else ())
+        from common.worker import load_run_recipe
+        meta = read_run_meta(a.resume)
+        check_capabilities(load_run_recipe(a.resume), meta["backends"])
+        outcome = resume_run(a.resume, _seeds(a.seeds) if a.seeds is not None else ())
     else:
         if not a.recipe:
             raise UsageError("give a recipe (see `slimbench list`) or --resume RUN_DIR")
         backends = _backends(a.backend)
-        recipe = load_recipe(a.recipe, a.profile, a.overrides, _seeds(a.seeds) if a.seeds else None)
+        recipe = load_recipe(a.recipe, a.profile, a.overrides, _seeds(a.seeds) if a.seeds is not None else None)
+        check_capabilities(recipe, backends)  # before anything trains: a stage a backend cannot run fails now
         threads = a.threads or recipe.runtime.threads or os.cpu_count() or 1
         command = shlex.join(["run-recipe", *(argv if argv is not None else sys.argv[1:])])
-        outcome = run(recipe, backends, a.out, command, threads)
+        outcome = run(recipe, backends, _writable_dir(a.out, "--out"), command, threads)
     report = write_report(outcome.run_dir)
     print(f"\nresults: {outcome.run_dir}/<backend>/seed-<n>/result.json\nreport:  {report}")
     if outcome.failures:
@@ -92,7 +135,6 @@ def run_recipe(argv: list[str] | None = None) -> int:
     return 0
 
 
-@_guard
 def _headline(desc: str, width: int = 90) -> str:
     """The part of a description before its first colon (recipes open with 'What: how ...'), else cut at a word."""
     head = desc.split(":", 1)[0]
@@ -101,8 +143,9 @@ def _headline(desc: str, width: int = 90) -> str:
     return desc[:width].rsplit(" ", 1)[0] + " ..."
 
 
+@_guard
 def slimbench(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="slimbench", description="slimbench: compare model compression on "
+    p = _Parser(prog="slimbench", description="slimbench: compare model compression on "
                                 "PyTorch and PaddlePaddle.")
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="list built-in recipes")
@@ -119,26 +162,32 @@ def slimbench(argv: list[str] | None = None) -> int:
     cmp.add_argument("--out", type=Path, default=None, help="also write the comparison (Markdown) to this file")
     a = p.parse_args(argv)
     if a.command == "list":
-        for name, path in builtin_recipes().items():
-            desc = " ".join(str((yaml.safe_load(path.read_text()) or {}).get("description", "")).split())
-            print(f"{name:30s} {_headline(desc)}")
+        for name in builtin_recipes():
+            recipe = load_recipe(name)
+            print(f"{name:30s} {_headline(' '.join(recipe.description.split()))}")
         return 0
     if a.command == "show":
-        recipe = load_recipe(a.recipe, a.profile, a.overrides, _seeds(a.seeds) if a.seeds else None)
+        recipe = load_recipe(a.recipe, a.profile, a.overrides, _seeds(a.seeds) if a.seeds is not None else None)
         print(yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False), end="")
         return 0
     if a.command == "compare":
         from common.compare import compare_runs
+        for run in (a.run_a, a.run_b):
+            read_run_meta(run)
+        if a.out is not None and (a.out.exists() or a.out.is_symlink()):
+            raise UsageError(f"--out {a.out}: exists; slimbench never overwrites a file, choose a new name")
+        if a.out is not None:
+            _writable_dir(a.out.parent if str(a.out.parent) else Path("."), "--out (its folder)")
         text = compare_runs(a.run_a, a.run_b)
         print(text, end="")
         if a.out:
-            a.out.write_text(text)
+            atomic_write_text(a.out, text)
         return 0
     from common.report import write_report
-    if not (a.run_dir / "run.json").is_file():
-        raise UsageError(f"{a.run_dir} is not a run directory (no run.json): pass runs/<recipe>/<run-id>")
+    read_run_meta(a.run_dir)
     if a.out:
-        a.out.mkdir(parents=True, exist_ok=True)
+        check_publish_target(a.run_dir, a.out)
+        _writable_dir(a.out, "--out")
     print(write_report(a.run_dir, a.out))
     return 0
 

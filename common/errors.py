@@ -26,6 +26,16 @@ class UsageError(SlimbenchError):
     exit_code = 2
 
 
+class RunFilesError(SlimbenchError):
+    """A run directory's files (run.json, result.json) are missing or malformed: names the file and the key."""
+
+    exit_code = 2
+
+
+class Terminated(BaseException):
+    """SIGTERM reached the process: unwinds like KeyboardInterrupt so every layer records 'interrupted'."""
+
+
 class DataError(SlimbenchError):
     """A dataset is missing or corrupt: the message names the path and the expected layout."""
 

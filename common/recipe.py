@@ -1,7 +1,7 @@
 """Recipe schema: YAML -> frozen dataclasses, profiles as overrides, `--set` overrides, stage registry.
 
-Stages are registered by type name (`train`, `distill`, `evaluate`, `export`); later stage types
-(`prune`, `quantize`) add a config dataclass with `register_stage` and need no change here.
+Stages are registered by type name with `register_stage`; `validate` still knows each type's slot rules
+(which stage trains, prunes or quantizes a slot), so a new stage type also touches `validate`.
 """
 from __future__ import annotations
 
@@ -24,6 +24,13 @@ MODEL_ARCHS = ("resnet18", "resnet34", "resnet50", "mobilenet_v2", "mobilenet_v3
                "mobilenet_v3_large", "tiny_cnn", "tiny_cnn_small")
 BACKENDS = ("torch", "paddle")
 PROFILES_BUILTIN = ("smoke", "default", "paper")
+MAX_MEASURE_BATCH = 1024
+# A recipe name becomes a directory under --out: one path component of safe characters, never "." or "..".
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+# Class counts known without reading the data (imagefolder is counted from its class folders in the worker).
+DATASET_CLASSES = {"digits": 10, "cifar10": 10, "cifar100": 100}
+# Nesting deeper than this is not a recipe (and unbounded nesting exhausts Python's recursion limit).
+MAX_YAML_DEPTH = 50
 
 
 @dataclass(frozen=True)
@@ -59,10 +66,10 @@ class ModelConfig:
 @dataclass(frozen=True)
 class OptimizerConfig:
     name: Literal["sgd", "adamw"] = "sgd"
-    lr: float = field(default=0.1, metadata=bounds(gt=0))
+    lr: float = field(default=0.1, metadata=bounds(gt=0, le=100))  # 1e300 only overflowed mid-training
     momentum: float = field(default=0.9, metadata=bounds(ge=0, lt=1))
     nesterov: bool = False
-    weight_decay: float = field(default=5e-4, metadata=bounds(ge=0))
+    weight_decay: float = field(default=5e-4, metadata=bounds(ge=0, le=1))
 
 
 @dataclass(frozen=True)
@@ -161,7 +168,8 @@ class PruneStage(_OneModelStage):
 
 @dataclass(frozen=True)
 class MeasureConfig:
-    batch_sizes: tuple[int, ...] = field(default=(1, 32), metadata={"nonempty": True})
+    # Bounded: 0 or a negative size timed nothing, and a huge one exhausted memory in the timing loop.
+    batch_sizes: tuple[int, ...] = field(default=(1, 32), metadata={"nonempty": True, **bounds(ge=1, le=MAX_MEASURE_BATCH)})
     warmup: int = field(default=10, metadata=bounds(ge=0))
     repeats: int = field(default=30, metadata=bounds(gt=0))
 
@@ -309,8 +317,40 @@ def recipe_digest(raw: dict) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
 
 
+class DuplicateKey(yaml.YAMLError):
+    """A mapping names one key twice: YAML would silently keep the last value."""
+
+    def __init__(self, key: object, mark: Any):
+        self.key, self.problem_mark, self.problem = key, mark, f"duplicate key {key!r}"
+        super().__init__(self.problem)
+
+
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that also reads `1e-3` as a float (YAML 1.1 wants `1.0e-3`; users write both)."""
+    """SafeLoader that also reads `1e-3` as a float (YAML 1.1 wants `1.0e-3`; users write both), and refuses
+    duplicate keys and absurd nesting instead of silently keeping the last value or overflowing the stack."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+            except TypeError:  # unhashable key: SafeLoader reports it itself below
+                continue
+            if duplicate:
+                raise DuplicateKey(key, key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+    def compose_node(self, parent, index):
+        self._depth = getattr(self, "_depth", 0) + 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                raise yaml.composer.ComposerError(None, None, f"nesting deeper than {MAX_YAML_DEPTH} levels",
+                                                  self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
 
 _Loader.add_implicit_resolver(
@@ -327,14 +367,22 @@ def yaml_load(text: str):
     return yaml.load(text, Loader=_Loader)
 
 
+def _yaml_problem(e: Exception) -> tuple[str, str]:
+    """(where, what) of a YAML error, for a one-line message."""
+    mark = getattr(e, "problem_mark", None)
+    where = f"line {mark.line + 1}" if mark else ""
+    return where, str(getattr(e, "problem", None) or e)
+
+
 _TOP_KEYS = ("name", "description", "data", "models", "stages", "seeds", "reference_framework", "runtime",
              "parity", "profiles")
 
 
 def recipes_dir() -> Path:
-    """Built-in recipes live in `recipes/` at the project root (override with SLIMBENCH_RECIPES)."""
+    """Built-in recipes ship inside the package, in `common/recipes/` (package data, so a wheel has them too);
+    SLIMBENCH_RECIPES overrides the folder."""
     env = os.environ.get("SLIMBENCH_RECIPES")
-    return Path(env) if env else Path(__file__).resolve().parent.parent / "recipes"
+    return Path(env) if env else Path(__file__).resolve().parent / "recipes"
 
 
 def builtin_recipes() -> dict[str, Path]:
@@ -342,11 +390,18 @@ def builtin_recipes() -> dict[str, Path]:
 
 
 def find_recipe(name_or_path: str) -> Path:
-    """A built-in recipe name or a path to a YAML file."""
+    """A built-in recipe name or a path to a regular YAML file (a directory, FIFO or device is refused before
+    it is read: reading a FIFO or /dev/zero would hang or fill memory)."""
+    if "\0" in name_or_path:
+        raise UsageError(f"recipe {name_or_path!r}: a file name cannot contain a NUL character")
     p = Path(name_or_path)
-    if p.suffix in (".yaml", ".yml") or p.exists():
-        if not p.is_file():
+    if p.suffix in (".yaml", ".yml") or p.exists() or "/" in name_or_path:
+        if not p.exists():
             raise UsageError(f"recipe file not found: {p}")
+        if p.is_dir():
+            raise UsageError(f"recipe {p} is a directory: expected a .yaml file")
+        if not p.is_file():
+            raise UsageError(f"recipe {p} is not a regular file (a device, FIFO or socket): expected a .yaml file")
         return p
     known = builtin_recipes()
     if name_or_path not in known:
@@ -361,11 +416,23 @@ def load_recipe(name_or_path: str, profile: str = "default", overrides: list[str
     path = find_recipe(name_or_path)
     source = path.name
     try:
-        data = yaml_load(path.read_text())
+        raw = path.read_bytes()
+    except OSError as e:
+        raise UsageError(f"cannot read recipe {path}: {e.strerror or e}") from None
+    if len(raw) > 1 << 20:
+        raise RecipeError(source, "", "a recipe file under 1 MiB", f"{len(raw)} bytes")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise RecipeError(source, f"line {line}", "UTF-8 text", f"the byte 0x{raw[e.start]:02x}") from None
+    try:
+        data = yaml_load(text)
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark else "?"
-        raise RecipeError(source, where, "valid YAML", str(getattr(e, "problem", e))) from None
+        where, what = _yaml_problem(e)
+        raise RecipeError(source, where, "valid YAML", what) from None
+    except (ValueError, RecursionError) as e:  # an integer of thousands of digits; nesting past the stack
+        raise RecipeError(source, "", "valid YAML with numbers of at most 4300 digits", str(e)[:120]) from None
     return resolve(data, source, profile, overrides or [], seeds)
 
 
@@ -386,6 +453,8 @@ def resolve(data: Any, source: str, profile: str = "default", overrides: list[st
     if profile not in available:
         raise RecipeError(source, "profiles", f"a profile among {', '.join(available)}", profile)
     if profile != "default":
+        # The base recipe is checked on its own too: a profile that replaces a bad value must not hide it.
+        validate(copy.deepcopy(data), source, "default")
         data = merge_profile(data, profiles[profile], source, f"profiles.{profile}")
     for item in overrides:
         data = apply_set(data, item, source)
@@ -425,9 +494,15 @@ def apply_set(data: dict, item: str, source: str) -> dict:
         value = yaml_load(raw_value)
     except yaml.YAMLError:
         value = raw_value
+    except (ValueError, RecursionError) as e:  # e.g. an integer of thousands of digits
+        raise UsageError(f"--set {item[:60]!r}: value not readable: {str(e)[:100]}") from None
     parts = [p for p in key.strip().split(".") if p]
     if not parts:
         raise UsageError(f"--set {item!r}: empty key path")
+    if parts[0] not in _TOP_KEYS or parts[0] == "profiles":
+        keys = ", ".join(k for k in _TOP_KEYS if k != "profiles")
+        hint = " (choose a profile with --profile)" if parts[0] == "profiles" else ""
+        raise UsageError(f"--set {key.strip()}: '{parts[0]}' is not a recipe key; expected one of {keys}{hint}")
     out = copy.deepcopy(data)
     where = f"{source} (--set {key})"
     if parts[0] == "stages":
@@ -442,7 +517,7 @@ def apply_set(data: dict, item: str, source: str) -> dict:
         if nxt is None:
             nxt = node[p] = {}
         if not isinstance(nxt, dict):
-            raise UsageError(f"--set {item!r}: '{p}' is not a mapping in the recipe")
+            raise UsageError(f"--set {key.strip()}: '{p}' is not a mapping in the recipe")
         node = nxt
     node[parts[-1]] = value
     return out
@@ -485,10 +560,17 @@ def _deep_merge(base: dict, patch: Any, source: str, path: str) -> dict:
 
 def validate(data: dict, source: str, profile: str) -> Recipe:
     """Validate merged recipe data (profile and overrides already applied)."""
+    for key in data:
+        if key not in _TOP_KEYS or key == "profiles":
+            keys = ", ".join(k for k in _TOP_KEYS if k != "profiles")
+            raise RecipeError(source, str(key), f"one of the keys [{keys}] (unknown key)", has_got=False)
     for key in ("name", "description", "data", "models", "stages"):
         if key not in data:
             raise RecipeError(source, key, "a value; the key is required", has_got=False)
     name = convert(str, data["name"], source, "name")
+    if not NAME_PATTERN.fullmatch(name):
+        raise RecipeError(source, "name", "a name of letters, digits, '_', '.' and '-' starting with a letter or "
+                          "digit, at most 100 characters (it names the run's directory)", name)
     description = convert(str, data["description"], source, "description")
     dcfg = parse(DataConfig, data["data"], source, "data")
     if dcfg.dataset in ("cifar10", "cifar100", "imagefolder") and not dcfg.path:
@@ -496,6 +578,14 @@ def validate(data: dict, source: str, profile: str) -> Recipe:
     models = convert(dict[str, ModelConfig], data["models"], source, "models")
     if not models:
         raise RecipeError(source, "models", "at least one model", data["models"])
+    classes = dataset_classes(dcfg)
+    for slot, mcfg in models.items():
+        if not NAME_PATTERN.fullmatch(slot):
+            raise RecipeError(source, f"models.{slot}", "a slot name of letters, digits, '_', '.' and '-' (it names "
+                              "checkpoint files)", slot)
+        if classes is not None and mcfg.num_classes is not None and mcfg.num_classes != classes:
+            raise RecipeError(source, f"models.{slot}.num_classes", f"{classes} (dataset '{dcfg.dataset}' has "
+                              f"{classes} classes) or no value", mcfg.num_classes)
     raw_stages = data["stages"]
     if not isinstance(raw_stages, list) or not raw_stages:
         raise RecipeError(source, "stages", "a non-empty list of stages", raw_stages)
@@ -503,6 +593,7 @@ def validate(data: dict, source: str, profile: str) -> Recipe:
     slots = set(models)
     trained: set[str] = set()  # slots holding weights some stage trained (or derived from such weights)
     quantized: set[str] = set()  # int8 slots: only `evaluate` can read them
+    masked: set[str] = set()  # slots carrying unstructured pruning masks (kept through later training)
     for i, item in enumerate(raw_stages):
         spath = f"stages[{i}]"
         if not isinstance(item, dict) or len(item) != 1:
@@ -524,6 +615,14 @@ def validate(data: dict, source: str, profile: str) -> Recipe:
         if stype == "prune":
             _check_prune(cfg, source, f"{spath}.prune")
         _check_slot_use(stype, cfg, trained, quantized, source, f"{spath}.{stype}")
+        if stype == "quantize" and cfg.mode == "qat" and cfg.model in masked:
+            raise RecipeError(source, f"{spath}.quantize.mode", "'ptq_static' for a magnitude-pruned model: "
+                              "fake-quant training would regrow the pruned weights", cfg.mode)
+        for out_slot, in_slot in cfg.derived_from().items():
+            if in_slot in masked or (stype == "prune" and cfg.method == "magnitude"):
+                masked.add(out_slot)
+            else:
+                masked.discard(out_slot)
         slots.update(cfg.outputs())
         if stype in ("train", "distill"):
             trained.update(cfg.outputs())
@@ -532,7 +631,8 @@ def validate(data: dict, source: str, profile: str) -> Recipe:
         elif stype == "quantize":
             quantized.update(cfg.outputs())
         stages.append(Stage(stype, cfg))
-    seeds = convert(tuple[int, ...], data.get("seeds", [0, 1, 2]), source, "seeds", {"nonempty": True})
+    seeds = convert(tuple[int, ...], data.get("seeds", [0, 1, 2]), source, "seeds",
+                    {"nonempty": True, **bounds(ge=0, lt=2**31)})
     if len(set(seeds)) != len(seeds):
         raise RecipeError(source, "seeds", "distinct seeds", list(seeds))
     ref = convert(Literal["torch", "paddle"], data.get("reference_framework", "torch"), source,
@@ -542,6 +642,13 @@ def validate(data: dict, source: str, profile: str) -> Recipe:
     raw = copy.deepcopy(data)
     return Recipe(name=name, description=description, data=dcfg, models=models, stages=tuple(stages), seeds=seeds,
                   reference_framework=ref, runtime=runtime, parity=parity, profile=profile, source=source, raw=raw)
+
+
+def dataset_classes(cfg: DataConfig) -> int | None:
+    """The class count a dataset has, where it is known without reading the data."""
+    if cfg.dataset == "synthetic":
+        return cfg.synthetic_classes
+    return DATASET_CLASSES.get(cfg.dataset)
 
 
 def _check_prune(cfg: PruneStage, source: str, path: str) -> None:

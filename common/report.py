@@ -21,6 +21,7 @@ from common.metrics import paired_predictions
 from common.report_html import render_html
 from common.report_plots import Figure, report_figures
 from common.report_summary import decision_section, reproducibility_section
+from common.errors import RunFilesError
 from common.results import atomic_write_bytes, atomic_write_text, load_results, read_json
 from common.stats import summarize
 
@@ -32,6 +33,11 @@ def _fmt(values: list[float], scale: float = 1.0, digits: int = 2, unit: str = "
         return "–"
     st = summarize([v * scale for v in values])
     return f"{st.mean:.{digits}f}{unit}" + (f" ± {st.std:.{digits}f}" if st.n > 1 else "")
+
+
+def _batch_order(bs: str) -> tuple[int, str]:
+    """Batch-size keys ("1", "32") in numeric order."""
+    return (int(bs), bs) if str(bs).isdigit() else (1 << 30, str(bs))
 
 
 def _count(n: float) -> str:
@@ -209,6 +215,9 @@ def build_markdown(run_dir: Path, results: list[dict], meta: dict, figures: list
 
     w("## Exported artifacts (measured from the files on disk)\n\n")
     rows, runtimes = [], {}
+    # Export stages may measure different batch sizes: one column per size any of them measured.
+    batch_sizes = sorted({bs for b in ix.backends for _, st in ix.stage_records(b, "export")
+                          for m in st["models"].values() for bs in m["latency"]}, key=_batch_order)
     for b in ix.backends:
         slots = []
         for _, st in ix.stage_records(b, "export"):
@@ -217,18 +226,12 @@ def build_markdown(run_dir: Path, results: list[dict], meta: dict, figures: list
             recs = [st["models"][slot] for _, st in ix.stage_records(b, "export") if slot in st["models"]]
             runtimes[b] = (recs[0]["runtime"], recs[0]["format"])
             lat_cells = []
-            for bs in recs[0]["latency"]:
-                p50 = [r["latency"][bs]["p50_ms"] for r in recs]
-                p90 = [r["latency"][bs]["p90_ms"] for r in recs]
-                lat_cells.append(f"{_fmt(p50)} / {_fmt(p90)}")
+            for bs in batch_sizes:
+                p50 = [r["latency"][bs]["p50_ms"] for r in recs if bs in r["latency"]]
+                p90 = [r["latency"][bs]["p90_ms"] for r in recs if bs in r["latency"]]
+                lat_cells.append(f"{_fmt(p50)} / {_fmt(p90)}" if p50 else "–")
             rows.append([f"`{slot}`", BACKEND_TITLES.get(b, b), _count(recs[0]["params"]), _count(recs[0]["macs"]), _fmt([r["size_mb"] for r in recs]),
                          _fmt([r["artifact_top1"] for r in recs], 100, unit="%")] + lat_cells)
-    batch_sizes = []
-    for b in ix.backends:
-        for _, st in ix.stage_records(b, "export"):
-            for m in st["models"].values():
-                batch_sizes = list(m["latency"])
-                break
     w(table(["model", "backend", "params", "MACs", "file MB", "artifact top-1"]
              + [f"batch {bs} latency p50 / p90 ms" for bs in batch_sizes], rows))
     if runtimes:
@@ -444,17 +447,18 @@ def _parent_section(run_dir: Path, ix: _Index) -> str:
 def _quantization_section(ix: _Index) -> str:
     """int8 artifact next to the fp32 artifact of the same weights, per backend and seed."""
     rows, lowerings, starts, warned = [], {}, set(), {}
-    batch_sizes: list[str] = []
+    batch_sizes = sorted({bs for b in ix.backends for _, st in ix.stage_records(b, "quantize")
+                          for bs in st["fp32"]["latency"]}, key=_batch_order)
     for b in ix.backends:
         for seed, st in ix.stage_records(b, "quantize"):
             fp, q = st["fp32"], st["int8"]
-            batch_sizes = batch_sizes or list(fp["latency"])
             lo, hi = st["accuracy_drop_ci95"]
             cmp = st["comparison"]
             calib = (f"{st['calibration']}, {st['calibration_batches']} batches" if st["mode"] == "ptq_static"
                      else f"{st['qat']['epochs']} epoch(s)" if st.get("qat") else "–")
             lat = [f"{fp['latency'][bs]['p50_ms']:.2f} → {q['latency'][bs]['p50_ms']:.2f} "
-                   f"(×{q['latency'][bs]['p50_ms'] / fp['latency'][bs]['p50_ms']:.2f})" for bs in batch_sizes]
+                   f"(×{q['latency'][bs]['p50_ms'] / fp['latency'][bs]['p50_ms']:.2f})"
+                   if bs in fp["latency"] and bs in q["latency"] else "–" for bs in batch_sizes]
             rows.append([f"`{st['name']}`", BACKEND_TITLES.get(b, b), str(seed), f"{st['mode']} ({calib})",
                          f"{fp['size_mb']:.2f} → {q['size_mb']:.2f} ({st['size_ratio'] * 100:.0f}%)",
                          f"{fp['top1'] * 100:.2f}% → {q['top1'] * 100:.2f}%",
@@ -562,8 +566,18 @@ def write_report(run_dir: Path, out_dir: Path | None = None) -> Path:
     out_dir = Path(out_dir) if out_dir else run_dir
     results = load_results(run_dir)
     if not results:
-        raise FileNotFoundError(f"no result files under {run_dir}/<backend>/seed-<n>/result.json")
+        raise RunFilesError(f"no result files under {run_dir}/<backend>/seed-<n>/result.json")
     meta = read_json(run_dir / "run.json") if (run_dir / "run.json").is_file() else {}
+    try:
+        return _write_report(run_dir, out_dir, results, meta)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+        # load_results checked the structure every section relies on; this is a field deeper down
+        raise RunFilesError(f"cannot build the report of {run_dir}: a result file lacks a value the report needs "
+                            f"({type(e).__name__}: {str(e)[:120]}); the files are damaged or come from another "
+                            "slimbench version (SLIMBENCH_DEBUG=1 shows where)") from e
+
+
+def _write_report(run_dir: Path, out_dir: Path, results: list[dict], meta: dict) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     if out_dir.resolve() != run_dir.resolve() and (run_dir / "run.json").is_file():
         _copy_run(run_dir, out_dir)

@@ -26,9 +26,23 @@ figcaption { color: #57606a; font-size: 13px; }
 """
 
 
+# Link targets that would run code when clicked ([x](javascript:...) inside an error message).
+_UNSAFE_URL = re.compile(r'\b(href|src)="\s*(?:javascript|vbscript|data(?!:image/png;base64,)|file):[^"]*"', re.I)
+
+
+def _markdown_without_raw_html() -> markdown.Markdown:
+    """Python-Markdown passes raw HTML through; a report embeds text from result files (error messages, framework
+    warnings, recipe descriptions), so raw HTML is shown as text instead: `<img onerror=...>` cannot run."""
+    md = markdown.Markdown(extensions=["tables", "fenced_code", "sane_lists"], output_format="html")
+    md.preprocessors.deregister("html_block")
+    md.inlinePatterns.deregister("html")
+    return md
+
+
 def render_html(md_text: str, title: str, asset_dir: Path) -> str:
     """Markdown to a standalone page; every `![..](plots/x.png)` becomes an embedded PNG."""
-    body = markdown.markdown(md_text, extensions=["tables", "fenced_code", "sane_lists"], output_format="html")
+    body = _markdown_without_raw_html().convert(md_text)
+    body = _UNSAFE_URL.sub(r'\1="#"', body)
     body = re.sub(r"<table>", '<div class="table-wrap"><table>', body)
     body = re.sub(r"</table>", "</table></div>", body)
 

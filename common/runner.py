@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from common.errors import Terminated
 from common.progress import MARK, fmt_duration
 from common.recipe import Recipe
 from common.results import SCHEMA_VERSION, atomic_write_json, init_dir, new_run_dir, read_json, seed_dir
@@ -37,31 +39,51 @@ def worker_env(threads: int) -> dict[str, str]:
 
 
 def run_worker(args: list[str], log_path: Path, label: str, threads: int) -> int:
-    """Start a worker, show its progress lines on the console, keep everything in its log file."""
+    """Start a worker, show its progress lines on the console, keep everything in its log file.
+
+    The worker runs in its own session, so a terminal's Ctrl-C reaches only this process, which passes
+    exactly one signal on (SIGINT for Ctrl-C, SIGTERM for a SIGTERM) and waits for the worker to record
+    'interrupted' in its result: stopping run-recipe stops the whole tree, and nothing is left running."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "common.worker", *args, "--threads", str(threads)]
     with open(log_path, "a") as log:
         log.write(f"$ {shlex.join(cmd)}\n")
         log.flush()
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                env=worker_env(threads), cwd=Path(__file__).resolve().parent.parent)
+                                env=worker_env(threads), cwd=Path(__file__).resolve().parent.parent,
+                                start_new_session=True)
         assert proc.stdout is not None
         try:
             for line in proc.stdout:
                 log.write(line)
                 if line.startswith(MARK):
                     print(f"[{label}] {line[len(MARK):].rstrip()}", flush=True)
-        except KeyboardInterrupt:
-            # Ctrl-C reached the worker too: let it record "interrupted" in its result before we leave.
+        except (KeyboardInterrupt, Terminated) as stop:
+            proc.send_signal(signal.SIGTERM if isinstance(stop, Terminated) else signal.SIGINT)
             try:
                 log.write(proc.communicate(timeout=60)[0] or "")
             except subprocess.TimeoutExpired:
                 proc.kill()
+                proc.wait()
             log.write(f"# interrupted; worker exit code {proc.returncode}\n")
             raise
         code = proc.wait()
         log.write(f"# exit code {code}\n")
     return code
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
+def _last_error(log_path: Path) -> str:
+    """The line of a worker's log that says why it stopped: its FAILED progress line, else the last line
+    of a traceback (an error while the worker started, before it could write its result)."""
+    lines = [ln.strip() for ln in _tail(log_path, 200).splitlines() if ln.strip() and not ln.startswith("# ")]
+    failed = [ln[len(MARK):] for ln in lines if ln.startswith(MARK + "FAILED")]
+    if failed:
+        return failed[-1]
+    return lines[-1][:300] if lines else "no output"
 
 
 def _tail(path: Path, lines: int = 12) -> str:
@@ -71,18 +93,35 @@ def _tail(path: Path, lines: int = 12) -> str:
         return ""
 
 
-def _mark_crashed(result_path: Path, code: int, backend: str, seed: int) -> None:
-    """A worker that died without finishing (signal, OOM) leaves status 'running': record the crash."""
+def _exit_reason(code: int) -> str:
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+def _mark_crashed(result_path: Path, code: int, backend: str, seed: int, log_path: Path) -> None:
+    """A worker that failed before writing its result, or died without finishing (signal, OOM), is recorded with
+    the real error from its log and the stage it was in."""
+    why = _last_error(log_path)
     if not result_path.is_file():
-        atomic_write_json(result_path, {"schema_version": SCHEMA_VERSION, "backend": backend, "seed": seed, "status": "failed",
-                                        "stages": [], "error": {"type": "WorkerCrashed", "stage": "setup",
-                                                                "message": f"worker exited with code {code}"}})
+        atomic_write_json(result_path, {"schema_version": SCHEMA_VERSION, "backend": backend, "seed": seed,
+                                        "status": "failed", "stages": [],
+                                        "error": {"type": "WorkerFailed", "stage": "setup",
+                                                  "message": f"worker stopped while starting ({_exit_reason(code)}): "
+                                                             f"{why}"}})
         return
     data = read_json(result_path)
-    if data.get("status") in ("running", "interrupted"):
+    if data.get("status") == "running":
+        running = [st.get("name") for st in data.get("stages", []) if st.get("status") == "running"]
+        for st in data.get("stages", []):
+            if st.get("status") == "running":
+                st["status"] = "failed"
         data["status"] = "failed"
-        data["error"] = {"type": "WorkerCrashed", "stage": "unknown",
-                         "message": f"worker exited with code {code} before finishing"}
+        data["error"] = {"type": "WorkerCrashed", "stage": running[-1] if running else "between stages",
+                         "message": f"worker died ({_exit_reason(code)}) before finishing; last log line: {why}"}
         atomic_write_json(result_path, data)
 
 
@@ -118,12 +157,19 @@ def resume_run(run_dir: Path, add_seeds: tuple[int, ...] = ()) -> RunOutcome:
 
 
 def _execute(run_dir: Path, recipe: Recipe, backends: list[str], threads: int, resume: bool) -> RunOutcome:
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         return _execute_all(run_dir, recipe, backends, threads, resume)
-    except KeyboardInterrupt:
-        print(f"\ninterrupted: finished stages are kept; continue with `run-recipe --resume {run_dir}`",
+    except (KeyboardInterrupt, Terminated) as stop:
+        what = "SIGTERM" if isinstance(stop, Terminated) else "SIGINT"
+        meta = read_json(run_dir / "run.json")
+        meta.setdefault("interruptions", []).append({"signal": what, "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        atomic_write_json(run_dir / "run.json", meta)
+        print(f"\ninterrupted ({what}): finished stages are kept; continue with `run-recipe --resume {run_dir}`",
               file=sys.stderr, flush=True)
         raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _execute_all(run_dir: Path, recipe: Recipe, backends: list[str], threads: int, resume: bool) -> RunOutcome:
@@ -143,7 +189,7 @@ def _execute_all(run_dir: Path, recipe: Recipe, backends: list[str], threads: in
             outcome.failures.append(msg)
             print(f"  {msg}\n{_tail(log)}", flush=True)
             for backend in backends:
-                _mark_crashed(seed_dir(run_dir, backend, seed) / "result.json", code, backend, seed)
+                _mark_crashed(seed_dir(run_dir, backend, seed) / "result.json", code, backend, seed, log)
             continue
         for backend in backends:
             sdir = seed_dir(run_dir, backend, seed)
@@ -154,7 +200,7 @@ def _execute_all(run_dir: Path, recipe: Recipe, backends: list[str], threads: in
             args = ["run", str(run_dir), "--backend", backend, "--seed", str(seed)] + (["--resume"] if resume else [])
             code = run_worker(args, sdir / "log.txt", f"{backend} seed {seed}", threads)
             if code != 0:
-                _mark_crashed(sdir / "result.json", code, backend, seed)
+                _mark_crashed(sdir / "result.json", code, backend, seed, sdir / "log.txt")
                 err = read_json(sdir / "result.json").get("error") or {}
                 msg = (f"{backend} seed {seed} failed in {err.get('stage', '?')}: "
                        f"{err.get('message', f'exit code {code}')} (log: {sdir / 'log.txt'})")

@@ -6,6 +6,7 @@ unknown keys, and the rules fit in field metadata (`gt`, `ge`, `lt`, `le`, `choi
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
@@ -91,8 +92,14 @@ def convert(tp: Any, value: Any, source: str, path: str, meta: typing.Mapping[st
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise RecipeError(source, path, _numeric("a number", meta), value)
-        _check_bounds(float(value), source, path, "a number", meta)
-        return float(value)
+        try:
+            as_float = float(value)
+        except OverflowError:  # an integer beyond float range
+            raise RecipeError(source, path, _numeric("a finite number", meta), value) from None
+        if not math.isfinite(as_float):  # no setting means anything at inf or nan
+            raise RecipeError(source, path, _numeric("a finite number", meta), value)
+        _check_bounds(as_float, source, path, "a number", meta)
+        return as_float
     if tp is str:
         if not isinstance(value, str):
             raise RecipeError(source, path, "a string", value)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import resource
+import signal
 import sys
 import time
 import traceback
@@ -19,7 +20,7 @@ import numpy as np
 
 from backends.base import QuantizedModel, load_backend
 from common.data import BatchStream, load_dataset
-from common.errors import ParityError, SlimbenchError
+from common.errors import ParityError, RecipeError, SlimbenchError, Terminated
 from common.metrics import logit_difference
 from common.progress import Progress
 from common.recipe import Recipe, validate
@@ -41,7 +42,12 @@ def _probe_and_stream(recipe: Recipe, seed: int) -> tuple[BatchStream, int, np.n
 
 
 def _num_classes(recipe: Recipe, slot: str, data_classes: int) -> int:
-    return recipe.models[slot].num_classes or data_classes
+    """A model's head fits the dataset (checked in the recipe where the count is known before loading data)."""
+    asked = recipe.models[slot].num_classes
+    if asked is not None and asked != data_classes:
+        raise RecipeError(recipe.source, f"models.{slot}.num_classes", f"{data_classes} (the dataset's class count) "
+                          "or no value", asked)
+    return data_classes
 
 
 def cmd_init(run_dir: Path, backend_name: str, seed: int, threads: int) -> None:
@@ -165,18 +171,23 @@ def cmd_run(run_dir: Path, backend_name: str, seed: int, threads: int, resume: b
             res.flush()
         res.data["status"] = "ok"
         return_code = 0
-    except (Exception, KeyboardInterrupt) as e:  # recorded in result.json; the exit status says it failed
+    except (Exception, KeyboardInterrupt, Terminated) as e:  # recorded in result.json; the exit status says how
         kind = type(e).__name__
-        res.data["status"] = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+        interrupted = isinstance(e, (KeyboardInterrupt, Terminated))
+        res.data["status"] = "interrupted" if interrupted else "failed"
         res.data["error"] = {"type": kind, "stage": current, "message": str(e),
                              "user_error": isinstance(e, SlimbenchError)}
         for record in res.data["stages"]:
             if record.get("status") == "running":
                 record["status"] = "failed"
         res.flush()  # record the failure before anything else can go wrong
-        traceback.print_exc()
-        progress.say(f"FAILED in {current}: {kind}: {e}")
-        return_code = 1
+        if interrupted:
+            progress.say(f"interrupted in {current}")
+            return_code = 143 if isinstance(e, Terminated) else 130
+        else:
+            traceback.print_exc()
+            progress.say(f"FAILED in {current}: {kind}: {e}")
+            return_code = 1
     res.data["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     res.data["wall_time_s"] = time.time() - t_start
     res.flush()
@@ -192,18 +203,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, required=True)
     p.add_argument("--resume", action="store_true", help="keep completed stages of an earlier attempt")
     a = p.parse_args(argv)
-    if a.command == "init":
-        try:
-            cmd_init(a.run_dir, a.backend, a.seed, a.threads)
-        except SlimbenchError as e:
-            Progress().say(f"FAILED in init: {e}")
-            return 1
-        return 0
+    signal.signal(signal.SIGTERM, _raise_terminated)
     try:
-        return cmd_run(a.run_dir, a.backend, a.seed, a.threads, a.resume)
-    except SlimbenchError as e:
-        Progress().say(f"FAILED: {e}")
-        return 1
+        if a.command == "init":
+            try:
+                cmd_init(a.run_dir, a.backend, a.seed, a.threads)
+            except SlimbenchError as e:
+                Progress().say(f"FAILED in init: {e}")
+                return 1
+            return 0
+        try:
+            return cmd_run(a.run_dir, a.backend, a.seed, a.threads, a.resume)
+        except SlimbenchError as e:
+            Progress().say(f"FAILED: {e}")
+            return 1
+    except Terminated:
+        return 143
+    except KeyboardInterrupt:
+        return 130
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated()
 
 
 if __name__ == "__main__":

@@ -20,13 +20,12 @@ from backends.base import ExportedArtifact, QuantizedModel
 from backends.paddle.measure import load_predictor
 from backends.paddle.prune import get_masks
 from common.capture import merge_distinct, recorded_warnings
+from backends.capabilities import PADDLE_DYNAMIC_QUANT
 from common.errors import UnsupportedStage
 from common.recipe import QuantizeStage
 
 RUNTIME = "Paddle Inference (AnalysisPredictor, oneDNN int8, IR optim on)"
-DYNAMIC_UNSUPPORTED = ("Paddle Inference has no dynamic (run-time) int8 activation quantization on CPU, and "
-                       "PaddleSlim's quant_post_dynamic is weight-only storage (fp32 compute) that rejects matmul_v2, "
-                       "the op Paddle 2.6 exports nn.Linear as; use mode ptq_static or qat")
+DYNAMIC_UNSUPPORTED = PADDLE_DYNAMIC_QUANT  # declared in backends/capabilities.py, checked before runs start
 FORMAT = "Paddle int8 inference model (.pdmodel + .pdiparams, quantize/dequantize_linear ops)"
 
 # calibration name -> quant_post_static algo: abs_max is the max |x| over all batches (the symmetric min-max),

@@ -117,7 +117,7 @@ def test_scientific_notation_is_a_number_in_files_and_overrides():
     assert r.parity.rtol == 1e-12 and r.stage("distill").config.optimizer.lr == 0.002
     data = raw()
     data["stages"][0]["train"]["optimizer"]["lr"] = "1e-3"  # a string stays a string: still rejected
-    assert 'expected a number > 0, got "1e-3"' in error_of(data)
+    assert 'expected a number > 0 and <= 100, got "1e-3"' in error_of(data)
 
 
 def test_quantize_needs_trained_weights_and_int8_slots_only_feed_evaluate():

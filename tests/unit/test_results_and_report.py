@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from common.errors import RunFilesError
 from common.report import build_markdown, flat_rows, write_report
 from common.results import SCHEMA_VERSION, atomic_write_json, load_results, new_run_dir
 
@@ -83,7 +84,7 @@ def test_results_with_another_schema_version_are_refused(tmp_path: Path):
     r = _result("torch", 0, {"a": 1.0})
     r["schema_version"] = 99
     run = _write_run(tmp_path, [r])
-    with pytest.raises(ValueError, match="schema version 99"):
+    with pytest.raises(RunFilesError, match="schema version 99"):
         load_results(run)
 
 
