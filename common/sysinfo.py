@@ -22,8 +22,18 @@ def cpu_info() -> dict[str, object]:
                 model = line.split(":", 1)[1].strip()
             elif line.startswith("flags") and not flags:
                 flags = set(line.split(":", 1)[1].split())
-    return {"model": model, "logical_cores": os.cpu_count(), "machine": platform.machine(),
+    return {"model": model, "vendor": cpu_vendor(), "logical_cores": os.cpu_count(), "machine": platform.machine(),
             "flags": sorted(f for f in _FLAGS_OF_INTEREST if f in flags)}
+
+
+def cpu_vendor() -> str:
+    """/proc/cpuinfo's vendor_id (GenuineIntel, AuthenticAMD), or "unknown"."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("vendor_id"):
+                return line.split(":", 1)[1].strip()
+    return "unknown"
 
 
 def project_commit() -> dict[str, object] | None:

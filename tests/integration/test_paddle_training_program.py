@@ -212,3 +212,17 @@ def test_distiller_runs_a_depthwise_teacher_through_its_evaluation_program(backe
     np.testing.assert_allclose(logits.numpy(), ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
     assert distiller.teacher_forward.onednn_ops == 17
     assert np.isfinite(distiller.step(x, y, OPT.lr))
+
+
+@pytest.mark.paddle
+def test_paddle_records_the_mkl_cpu_type_it_loaded_with(monkeypatch):
+    """The setting is read by MKL when Paddle loads; configure records it so the report lists it."""
+    from backends.base import load_backend
+    backend = load_backend("paddle")
+    monkeypatch.setenv("MKL_DEBUG_CPU_TYPE", "5")
+    monkeypatch.setenv("SLIMBENCH_SET_MKL_DEBUG_CPU_TYPE", "1")
+    info = backend.configure(1, "cpu", 0)
+    assert info["mkl_debug_cpu_type"] == "5"
+    assert any(n.startswith("MKL_DEBUG_CPU_TYPE=5 (set by slimbench") for n in info["tuning_notes"])
+    monkeypatch.delenv("MKL_DEBUG_CPU_TYPE")
+    assert "mkl_debug_cpu_type" not in backend.configure(1, "cpu", 0)
