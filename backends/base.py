@@ -8,12 +8,15 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Protocol
 
 import numpy as np
 
 from common.errors import BackendUnavailable, UnsupportedStage
-from common.recipe import ModelConfig, OptimizerConfig, QuantizeStage, RuntimeConfig
+from common.config import ModelConfig, OptimizerConfig, RuntimeConfig
+
+if TYPE_CHECKING:  # the stage module imports backends.base: a runtime import would be circular
+    from common.stages.quantize import QuantizeStage
 
 __all__ = ["Backend", "StepRunner", "ExportedArtifact", "QuantizedModel", "load_backend", "UnsupportedStage"]
 

@@ -70,7 +70,8 @@ def worker(args: argparse.Namespace) -> dict:
     from common.progress import Progress
     from common.recipe import resolve
     from common.schedule import lr_at
-    from common.stages import RunContext, run_distill, run_train
+    from common.stages import stage_types
+    from common.stages.loop import RunContext
     hand = __import__(f"benchmarks.handwritten_{args.backend}", fromlist=["train"])
 
     backend = load_backend(args.backend)
@@ -106,7 +107,7 @@ def worker(args: argparse.Namespace) -> dict:
             rec: dict = {"steps": total, "batch": args.batch, "image_size": args.image_size}
             if device == "cuda" and stream.raw_available:
                 rec["device_normalization_exact"] = cuda_normalization_exact(stream)
-            for kind, stage_fn in (("train", run_train), ("distill", run_distill)):
+            for kind, stage_fn in (("train", stage_types()["train"].run), ("distill", stage_types()["distill"].run)):
                 if kind not in args.stages.split(","):
                     continue
                 stage = recipe.stages[0 if kind == "train" else 1]

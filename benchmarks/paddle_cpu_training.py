@@ -42,7 +42,7 @@ def save_initial_weights(arch: str, path: Path) -> None:
     """torch's initial weights in canonical numpy form, for every configuration to start from."""
     import numpy as np
     from backends.base import load_backend
-    from common.recipe import ModelConfig
+    from common.config import ModelConfig
     backend = load_backend("torch")
     backend.configure(1, "cpu", 0)
     np.savez(path, **backend.state_to_numpy(backend.build_model(ModelConfig(arch=arch, dropout=0.0), 10)))
@@ -52,7 +52,7 @@ def _trainer(config: str, arch: str, threads: int, weights: Path):
     """The backend, a model (dropout off, so gradients are comparable) and the configuration's trainer."""
     import numpy as np
     from backends.base import load_backend
-    from common.recipe import ModelConfig, OptimizerConfig, RuntimeConfig
+    from common.config import ModelConfig, OptimizerConfig, RuntimeConfig
     framework, how = config.split("-", 1)
     backend = load_backend(framework)
     backend.configure(threads, "cpu", 0, RuntimeConfig(cpu_tuning=how == "tuned"))
@@ -77,7 +77,7 @@ def _trainer(config: str, arch: str, threads: int, weights: Path):
 def _torch_gradients(backend, model, runner, x, y, arch: str) -> tuple[dict, dict]:
     """(the trainer's weight gradients, float64 eager gradients of the same weights and batch)."""
     import torch
-    from common.recipe import ModelConfig
+    from common.config import ModelConfig
     fmt = torch.channels_last if runner.channels_last else torch.contiguous_format
     runner.loss(torch.from_numpy(x).contiguous(memory_format=fmt), torch.from_numpy(y)).backward()
     got = {n: p.grad.double().numpy() for n, p in model.named_parameters() if n.endswith("weight")}
@@ -92,7 +92,7 @@ def _torch_gradients(backend, model, runner, x, y, arch: str) -> tuple[dict, dic
 def _paddle_gradients(backend, model, runner, x, y, arch: str) -> tuple[dict, dict]:
     import numpy as np
     import paddle
-    from common.recipe import ModelConfig
+    from common.config import ModelConfig
 
     def weight_grads(m) -> dict:
         return {n: p.grad.numpy().astype(np.float64) for n, p in m.named_parameters()

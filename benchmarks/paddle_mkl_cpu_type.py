@@ -39,7 +39,7 @@ def infer_worker(arch: str, weights: Path, threads: int, warmup: int, repeats: i
     import numpy as np
     from backends.base import load_backend
     from backends.paddle.measure import load_predictor
-    from common.recipe import ModelConfig
+    from common.config import ModelConfig
     backend = load_backend("paddle")
     backend.configure(threads, "cpu", 0)
     model = backend.build_model(ModelConfig(arch=arch, dropout=0.0), 10)

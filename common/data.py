@@ -1,6 +1,6 @@
 """Framework-neutral data: datasets as numpy, a seeded split, and the batch stream both backends consume.
 
-Fairness rule 1 (DESIGN.md 3): the order, augmentation and split come from seeded numpy generators
+Fairness rule 1 (docs/ARCHITECTURE.md, section 7): the order, augmentation and split come from seeded numpy generators
 only, so the torch and Paddle runs of one seed see bit-identical batches. `stream_digest` is recorded
 in every result so a report can prove it.
 """
@@ -15,7 +15,7 @@ from typing import Iterator, Protocol
 import numpy as np
 
 from common.errors import DataError
-from common.recipe import DataConfig
+from common.config import DataConfig
 
 
 class ImageSource(Protocol):

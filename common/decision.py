@@ -8,13 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
+from common.backend_names import BACKEND_TITLES, title  # noqa: F401  (re-exported for older imports)
+from common.stages.registry import stage_type
 from common.stats import PairedDifference, Summary, paired_difference, summarize
-
-BACKEND_TITLES = {"torch": "PyTorch", "paddle": "PaddlePaddle"}
-
-
-def title(backend: str) -> str:
-    return BACKEND_TITLES.get(backend, backend)
 
 
 @dataclass
@@ -49,12 +45,9 @@ class Metric:
         return self.fmt(s.mean) + (f" ± {s.std * self.scale:.{self.digits}f}" if s.n > 1 else "")
 
 
-def _ok_stages(result: dict, stage_type: str) -> list[dict]:
-    return [st for st in result.get("stages", []) if st["type"] == stage_type and st.get("status") == "ok"]
-
-
 def collect_metrics(results: list[dict]) -> list[Metric]:
-    """Every metric the summary compares, in report order (stages as the recipe ran them)."""
+    """Every metric the summary compares, in report order (stages as the recipe ran them); each stage type
+    contributes its own (common/stages/<type>.py `metrics`)."""
     metrics: dict[tuple[str, str], Metric] = {}
 
     def metric(group: str, what: str, unit: str, higher: bool, scale: float = 1.0, digits: int = 2) -> Metric:
@@ -63,36 +56,10 @@ def collect_metrics(results: list[dict]) -> list[Metric]:
     for r in results:
         if r.get("status") != "ok":
             continue  # a failed run's partial figures would bias the means; the report lists the failure
-        b, seed = r["backend"], r["seed"]
         for st in r.get("stages", []):
-            if st.get("status") != "ok":
-                continue
-            if st["type"] == "evaluate":
-                for slot, m in st["models"].items():
-                    metric("accuracy", f"top-1 `{slot}`", "%", True, 100).add(b, seed, m["top1"])
-            elif st["type"] == "export":
-                for slot, m in st["models"].items():
-                    metric("size", f"file `{slot}`", " MB", False).add(b, seed, m["size_mb"])
-                    for bs, lat in m["latency"].items():
-                        metric("latency", f"batch {bs} p50 `{slot}`", " ms", False).add(b, seed, lat["p50_ms"])
-            elif st["type"] in ("train", "distill") or (st["type"] == "prune" and st.get("train_time_s")):
-                metric("training time", f"`{st['name']}` ({st['steps']} steps)", " s", False, digits=1).add(
-                    b, seed, st["train_time_s"])
-            elif st["type"] == "quantize":
-                # The int8 slot is measured here (it cannot be exported again); the fp32 file of the same
-                # weights only counts where no export stage measured that slot.
-                for kind, slot in (("int8", st["model"]), ("fp32", st["source"])):
-                    rec = st[kind]
-                    if kind == "fp32" and any(s2["type"] == "export" and slot in s2.get("models", {})
-                                              for s2 in r["stages"]):
-                        continue
-                    metric("accuracy", f"top-1 `{slot}`", "%", True, 100).add(b, seed, rec["top1"])
-                    metric("size", f"file `{slot}`", " MB", False).add(b, seed, rec["size_mb"])
-                    for bs, lat in rec["latency"].items():
-                        metric("latency", f"batch {bs} p50 `{slot}`", " ms", False).add(b, seed, lat["p50_ms"])
-                if st.get("qat"):
-                    metric("training time", f"`{st['name']}` QAT ({st['qat']['steps']} steps)", " s", False,
-                           digits=1).add(b, seed, st["qat"]["train_time_s"])
+            kind = stage_type(st["type"])
+            if st.get("status") == "ok" and kind is not None:
+                kind.metrics(metric, r["backend"], r["seed"], r, st)
     order = {"accuracy": 0, "size": 1, "latency": 2, "training time": 3}
     return sorted(metrics.values(), key=lambda m: order[m.group])
 
@@ -180,8 +147,8 @@ def decision_rows(metrics: list[Metric], a: str, b: str,
 
 
 def summary_records(metrics: list[Metric], backends: list[str]) -> list[dict]:
-    """Machine-readable decision summary: per metric, each backend's seed statistics and, with two backends,
-    the paired difference (second − first) with its 95% interval. Values in the metric's own units
+    """Machine-readable decision summary: per metric, each backend's seed statistics and the paired difference
+    of each other backend against the first with its 95% interval. Values in the metric's own units
     (accuracy as a fraction, sizes in MB, latency in ms, times in s)."""
     out = []
     for m in metrics:
@@ -193,11 +160,18 @@ def summary_records(metrics: list[Metric], backends: list[str]) -> list[dict]:
             if s is not None:
                 rec["backends"][b] = {"n": s.n, "mean": s.mean, "std": s.std, "min": s.min, "max": s.max,
                                       "by_seed": {str(k): v for k, v in sorted(m.by_backend[b].items())}}
-        if len(backends) == 2:
-            d = m.difference(*backends)
-            v = verdict(m, *backends)
-            rec["difference"] = None if d is None else {
-                "of": f"{backends[1]} - {backends[0]}", "n": d.n, "mean": d.mean, "std": d.std,
+        # Each other backend against the first (the reference): `difference` with two backends, as before;
+        # `differences` keyed by backend with more.
+        diffs = {}
+        for other in backends[1:]:
+            d = m.difference(backends[0], other)
+            v = verdict(m, backends[0], other)
+            diffs[other] = None if d is None else {
+                "of": f"{other} - {backends[0]}", "n": d.n, "mean": d.mean, "std": d.std,
                 "ci95": list(d.ci95) if d.ci95 else None, "significant": d.significant, "ahead": v.ahead}
+        if len(backends) == 2:
+            rec["difference"] = diffs[backends[1]]
+        elif len(backends) > 2:
+            rec["differences"] = diffs
         out.append(rec)
     return out

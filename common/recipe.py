@@ -1,7 +1,8 @@
-"""Recipe schema: YAML -> frozen dataclasses, profiles as overrides, `--set` overrides, stage registry.
+"""Recipes: YAML -> frozen dataclasses, profiles as overrides, `--set` overrides, validation.
 
-Stages are registered by type name with `register_stage`; `validate` still knows each type's slot rules
-(which stage trains, prunes or quantizes a slot), so a new stage type also touches `validate`.
+The shared settings live in common/config.py and each stage type's settings in its own module
+(common/stages/<type>.py); validation asks the stage registry for the type's config and rules, so a new
+stage type needs no change here (docs/ARCHITECTURE.md).
 """
 from __future__ import annotations
 
@@ -17,274 +18,12 @@ from typing import Any, Literal
 
 import yaml
 
+from common.config import (BACKENDS, DATASET_CLASSES, MAX_YAML_DEPTH, MODEL_ARCHS, NAME_PATTERN,  # noqa: F401
+                           AugmentConfig, DataConfig, MeasureConfig, ModelConfig, OptimizerConfig, ParityConfig,
+                           RuntimeConfig, ScheduleConfig)
 from common.errors import RecipeError, UsageError
 from common.schema import bounds, convert, parse
-
-MODEL_ARCHS = ("resnet18", "resnet34", "resnet50", "mobilenet_v2", "mobilenet_v3_small",
-               "mobilenet_v3_large", "tiny_cnn", "tiny_cnn_small")
-BACKENDS = ("torch", "paddle")
-PROFILES_BUILTIN = ("smoke", "default", "paper")
-MAX_MEASURE_BATCH = 1024
-# A recipe name becomes a directory under --out: one path component of safe characters, never "." or "..".
-NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
-# Class counts known without reading the data (imagefolder is counted from its class folders in the worker).
-DATASET_CLASSES = {"digits": 10, "cifar10": 10, "cifar100": 100}
-# Nesting deeper than this is not a recipe (and unbounded nesting exhausts Python's recursion limit).
-MAX_YAML_DEPTH = 50
-
-
-@dataclass(frozen=True)
-class AugmentConfig:
-    crop_padding: int = field(default=0, metadata=bounds(ge=0))
-    hflip: bool = False
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    dataset: Literal["digits", "synthetic", "cifar10", "cifar100", "imagefolder"] = "digits"
-    path: str | None = None
-    image_size: int = field(default=32, metadata=bounds(ge=8))
-    val_fraction: float = field(default=0.2, metadata=bounds(gt=0, lt=1))
-    split_seed: int = 0
-    train_limit: int | None = field(default=None, metadata=bounds(gt=0))
-    val_limit: int | None = field(default=None, metadata=bounds(gt=0))
-    batch_size: int = field(default=64, metadata=bounds(gt=0))
-    eval_batch_size: int = field(default=256, metadata=bounds(gt=0))
-    augment: AugmentConfig = AugmentConfig()
-    synthetic_samples: int = field(default=512, metadata=bounds(gt=1))
-    synthetic_classes: int = field(default=10, metadata=bounds(gt=1))
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    arch: str = field(metadata={"choices": MODEL_ARCHS})
-    num_classes: int | None = field(default=None, metadata=bounds(gt=1))
-    small_input: bool = False
-    dropout: float | None = field(default=None, metadata=bounds(ge=0, lt=1))
-
-
-@dataclass(frozen=True)
-class OptimizerConfig:
-    name: Literal["sgd", "adamw"] = "sgd"
-    lr: float = field(default=0.1, metadata=bounds(gt=0, le=100))  # 1e300 only overflowed mid-training
-    momentum: float = field(default=0.9, metadata=bounds(ge=0, lt=1))
-    nesterov: bool = False
-    weight_decay: float = field(default=5e-4, metadata=bounds(ge=0, le=1))
-
-
-@dataclass(frozen=True)
-class ScheduleConfig:
-    name: Literal["cosine", "step", "constant"] = "cosine"
-    warmup_epochs: float = field(default=0.0, metadata=bounds(ge=0))
-    milestones: tuple[int, ...] = ()
-    gamma: float = field(default=0.1, metadata=bounds(gt=0, le=1))
-    min_lr: float = field(default=0.0, metadata=bounds(ge=0))
-
-
-class _OneModelStage:
-    """Slot bookkeeping for stages that read `model` and write `output` (default: the same slot)."""
-    model: str
-    output: str | None
-
-    def outputs(self) -> tuple[str, ...]:
-        return (self.output or self.model,)
-
-    def inputs(self) -> tuple[str, ...]:
-        return (self.model,)
-
-    def derived_from(self) -> dict[str, str]:
-        """output slot -> the input slot whose architecture it has."""
-        return {self.output or self.model: self.model}
-
-
-@dataclass(frozen=True)
-class TrainStage(_OneModelStage):
-    name: str
-    model: str
-    output: str | None = None
-    epochs: int = field(default=1, metadata=bounds(gt=0))
-    optimizer: OptimizerConfig = OptimizerConfig()
-    schedule: ScheduleConfig = ScheduleConfig()
-    # Recompute BN running statistics over this many training batches after the last epoch ("precise BN").
-    bn_recalibration_batches: int = field(default=0, metadata=bounds(ge=0))
-
-
-@dataclass(frozen=True)
-class DistillStage:
-    name: str
-    teacher: str
-    student: str
-    output: str | None = None
-    method: Literal["hinton"] = "hinton"
-    temperature: float = field(default=4.0, metadata=bounds(gt=0))
-    alpha: float = field(default=0.9, metadata=bounds(ge=0, le=1))
-    epochs: int = field(default=1, metadata=bounds(gt=0))
-    optimizer: OptimizerConfig = OptimizerConfig()
-    schedule: ScheduleConfig = ScheduleConfig()
-    # Recompute BN running statistics over this many training batches after the last epoch ("precise BN").
-    bn_recalibration_batches: int = field(default=0, metadata=bounds(ge=0))
-
-    def outputs(self) -> tuple[str, ...]:
-        return (self.output or self.student,)
-
-    def inputs(self) -> tuple[str, ...]:
-        return (self.teacher, self.student)
-
-    def derived_from(self) -> dict[str, str]:
-        return {self.output or self.student: self.student}
-
-
-@dataclass(frozen=True)
-class PruneStage(_OneModelStage):
-    """`magnitude`: unstructured, one-shot or gradual (AGP) while fine-tuning.
-    `filter`: structured, removes output channels for real (one-shot; fine-tune with a following train stage)."""
-    name: str
-    model: str
-    output: str | None = None
-    method: Literal["magnitude", "filter"] = "magnitude"
-    sparsity: float | None = field(default=None, metadata=bounds(ge=0, lt=1))  # magnitude: share of weights zeroed
-    criterion: Literal["l1", "l2", "fpgm"] = "l1"  # filter: how filters are ranked
-    # Prune the reference framework's trained weights on every backend (loaded from its canonical checkpoint),
-    # so both backends prune the same model; false: each prunes the model it trained itself.
-    start_from_reference: bool = True
-    ratio: float | None = field(default=None, metadata=bounds(ge=0, lt=1))  # filter: share of channels per layer
-    layer_ratios: dict[str, float] = field(default_factory=dict)  # filter: per-layer overrides (module names)
-    scope: Literal["local", "global"] = "global"
-    schedule: Literal["one_shot", "agp"] = "one_shot"
-    skip_layers: tuple[str, ...] = ()
-    prune_head: bool = False  # a global threshold otherwise removes MobileNetV2's whole classifier (DESIGN.md 5)
-    # Depthwise convs ([C, 1, k, k]) hold few weights of small magnitude: a global threshold empties them
-    # and disconnects the network (MobileNetV2 at 80% falls to chance), so they stay dense by default.
-    skip_depthwise: bool = True
-    # agp only: the sparsity ramps from initial_sparsity to sparsity while training for `epochs`
-    initial_sparsity: float = field(default=0.0, metadata=bounds(ge=0, lt=1))
-    epochs: int = field(default=1, metadata=bounds(gt=0))
-    prune_every_steps: int = field(default=10, metadata=bounds(gt=0))
-    ramp_end_fraction: float = field(default=0.75, metadata=bounds(gt=0, le=1))
-    optimizer: OptimizerConfig = OptimizerConfig()
-    lr_schedule: ScheduleConfig = ScheduleConfig()
-    bn_recalibration_batches: int = field(default=0, metadata=bounds(ge=0))
-
-
-@dataclass(frozen=True)
-class MeasureConfig:
-    # Bounded: 0 or a negative size timed nothing, and a huge one exhausted memory in the timing loop.
-    batch_sizes: tuple[int, ...] = field(default=(1, 32), metadata={"nonempty": True, **bounds(ge=1, le=MAX_MEASURE_BATCH)})
-    warmup: int = field(default=10, metadata=bounds(ge=0))
-    repeats: int = field(default=30, metadata=bounds(gt=0))
-
-
-@dataclass(frozen=True)
-class QuantizeStage:
-    """int8 quantization of a trained model into a new slot (default `<model>_int8`), exported and measured
-    against the fp32 model with the same inputs, warm-up, repeats and threads.
-
-    `ptq_static`: observers calibrated on `calibration_batches` batches of the shared training stream.
-    `dynamic`: Linear weights int8, activations quantized at run time (CNNs gain little: only the head is Linear).
-    `qat`: fake-quant fine-tuning for `epochs` under `optimizer`/`schedule`, then conversion.
-    """
-    name: str
-    model: str
-    output: str | None = None
-    mode: Literal["ptq_static", "dynamic", "qat"] = "ptq_static"
-    # How activation ranges are estimated (ptq_static): named the same on both backends; each backend
-    # records which of its observers/algorithms realises it.
-    calibration: Literal["histogram", "minmax", "moving_average"] = "histogram"
-    calibration_batches: int = field(default=8, metadata=bounds(gt=0))
-    per_channel_weights: bool = True
-    # Quantize the reference framework's trained weights on every backend (as prune does), so the two
-    # toolchains quantize the same fp32 model; false: each quantizes the model it trained itself.
-    start_from_reference: bool = True
-    epochs: int = field(default=1, metadata=bounds(gt=0))  # qat only
-    optimizer: OptimizerConfig = OptimizerConfig(name="sgd", lr=0.001, weight_decay=0.0)  # qat only
-    schedule: ScheduleConfig = ScheduleConfig()  # qat only
-    measure: MeasureConfig = MeasureConfig()
-
-    def outputs(self) -> tuple[str, ...]:
-        return (self.output or f"{self.model}_int8",)
-
-    def inputs(self) -> tuple[str, ...]:
-        return (self.model,)
-
-    def derived_from(self) -> dict[str, str]:
-        return {self.outputs()[0]: self.model}
-
-
-@dataclass(frozen=True)
-class EvaluateStage:
-    name: str
-    models: tuple[str, ...] = field(metadata={"nonempty": True})
-
-    def outputs(self) -> tuple[str, ...]:
-        return ()
-
-    def inputs(self) -> tuple[str, ...]:
-        return self.models
-
-    def derived_from(self) -> dict[str, str]:
-        return {}
-
-
-@dataclass(frozen=True)
-class ExportStage:
-    name: str
-    models: tuple[str, ...] = field(metadata={"nonempty": True})
-    measure: MeasureConfig = MeasureConfig()
-
-    def outputs(self) -> tuple[str, ...]:
-        return ()
-
-    def inputs(self) -> tuple[str, ...]:
-        return self.models
-
-    def derived_from(self) -> dict[str, str]:
-        return {}
-
-
-STAGE_TYPES: dict[str, type] = {}
-
-
-def register_stage(type_name: str, config_cls: type) -> None:
-    """Make a stage type available to recipes. Its config needs `name`, `inputs()`, `outputs()` and
-    `derived_from()` (output slot -> input slot it is built from)."""
-    STAGE_TYPES[type_name] = config_cls
-
-
-for _t, _c in (("train", TrainStage), ("distill", DistillStage), ("prune", PruneStage),
-               ("quantize", QuantizeStage), ("evaluate", EvaluateStage), ("export", ExportStage)):
-    register_stage(_t, _c)
-
-
-@dataclass(frozen=True)
-class Stage:
-    """One pipeline step: its type name and its validated config."""
-    type: str
-    config: Any
-
-    @property
-    def name(self) -> str:
-        return self.config.name
-
-
-@dataclass(frozen=True)
-class RuntimeConfig:
-    threads: int | None = field(default=None, metadata=bounds(gt=0))
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    # Training-speed options applied by the torch backend (autocast, NHWC memory format, torch.compile of the
-    # training forward). The paddle backend records them as not applied; the report lists the difference.
-    amp: Literal["off", "bf16", "fp16"] = "off"
-    channels_last: bool = False
-    compile: bool = False
-    # Each framework's fastest correct CPU training configuration for models with depthwise convolutions
-    # (torch: channels_last; paddle: a to_static program with oneDNN depthwise kernels). false: plain eager
-    # defaults. Measured in benchmarks/paddle_cpu_training.py; recorded in every result.
-    cpu_tuning: bool = True
-
-
-@dataclass(frozen=True)
-class ParityConfig:
-    rtol: float = field(default=1e-4, metadata=bounds(gt=0))
-    probe_batch: int = field(default=8, metadata=bounds(gt=0))
+from common.stages.registry import SlotState, Stage, check_refs, stage_types
 
 
 @dataclass(frozen=True)
@@ -590,46 +329,24 @@ def validate(data: dict, source: str, profile: str) -> Recipe:
     if not isinstance(raw_stages, list) or not raw_stages:
         raise RecipeError(source, "stages", "a non-empty list of stages", raw_stages)
     stages: list[Stage] = []
-    slots = set(models)
-    trained: set[str] = set()  # slots holding weights some stage trained (or derived from such weights)
-    quantized: set[str] = set()  # int8 slots: only `evaluate` can read them
-    masked: set[str] = set()  # slots carrying unstructured pruning masks (kept through later training)
+    state = SlotState(slots=set(models))
+    types = stage_types()
     for i, item in enumerate(raw_stages):
         spath = f"stages[{i}]"
         if not isinstance(item, dict) or len(item) != 1:
-            raise RecipeError(source, spath, f"a mapping with one stage type key among {sorted(STAGE_TYPES)}", item)
+            raise RecipeError(source, spath, f"a mapping with one stage type key among {sorted(types)}", item)
         (stype, body), = item.items()
-        if stype not in STAGE_TYPES:
-            raise RecipeError(source, f"{spath}.{stype}", f"a stage type among {', '.join(sorted(STAGE_TYPES))}",
+        if stype not in types:
+            raise RecipeError(source, f"{spath}.{stype}", f"a stage type among {', '.join(sorted(types))}",
                               has_got=False)
-        cfg = parse(STAGE_TYPES[stype], body, source, f"{spath}.{stype}")
+        kind = types[stype]
+        cfg = parse(kind.config, body, source, f"{spath}.{stype}")
         if any(s.name == cfg.name for s in stages):
             raise RecipeError(source, f"{spath}.{stype}.name", "a stage name not used by an earlier stage", cfg.name)
-        for fname in ("model", "teacher", "student", "models"):
-            refs = getattr(cfg, fname, None)
-            for j, ref in enumerate((refs,) if isinstance(refs, str) else (refs or ())):
-                if ref not in slots:
-                    key = f"{spath}.{stype}.{fname}" + (f"[{j}]" if fname == "models" else "")
-                    raise RecipeError(source, key, f"a model defined in `models` or produced by an earlier stage "
-                                      f"({', '.join(sorted(slots))})", ref)
-        if stype == "prune":
-            _check_prune(cfg, source, f"{spath}.prune")
-        _check_slot_use(stype, cfg, trained, quantized, source, f"{spath}.{stype}")
-        if stype == "quantize" and cfg.mode == "qat" and cfg.model in masked:
-            raise RecipeError(source, f"{spath}.quantize.mode", "'ptq_static' for a magnitude-pruned model: "
-                              "fake-quant training would regrow the pruned weights", cfg.mode)
-        for out_slot, in_slot in cfg.derived_from().items():
-            if in_slot in masked or (stype == "prune" and cfg.method == "magnitude"):
-                masked.add(out_slot)
-            else:
-                masked.discard(out_slot)
-        slots.update(cfg.outputs())
-        if stype in ("train", "distill"):
-            trained.update(cfg.outputs())
-        elif stype == "prune":
-            trained.update(o for o, i in cfg.derived_from().items() if i in trained)
-        elif stype == "quantize":
-            quantized.update(cfg.outputs())
+        check_refs(cfg, stype, state, source, f"{spath}.{stype}")
+        kind.check(cfg, state, source, f"{spath}.{stype}")
+        kind.update(cfg, state)
+        state.slots.update(cfg.outputs())
         stages.append(Stage(stype, cfg))
     seeds = convert(tuple[int, ...], data.get("seeds", [0, 1, 2]), source, "seeds",
                     {"nonempty": True, **bounds(ge=0, lt=2**31)})
@@ -649,43 +366,6 @@ def dataset_classes(cfg: DataConfig) -> int | None:
     if cfg.dataset == "synthetic":
         return cfg.synthetic_classes
     return DATASET_CLASSES.get(cfg.dataset)
-
-
-def _check_prune(cfg: PruneStage, source: str, path: str) -> None:
-    """Settings that depend on the method."""
-    if cfg.method == "magnitude":
-        if cfg.sparsity is None:
-            raise RecipeError(source, f"{path}.sparsity", "a number in [0, 1) for method 'magnitude'", None)
-        if cfg.initial_sparsity > cfg.sparsity:
-            raise RecipeError(source, f"{path}.initial_sparsity", f"a value <= sparsity ({cfg.sparsity})",
-                              cfg.initial_sparsity)
-        return
-    if cfg.ratio is None and not cfg.layer_ratios:
-        raise RecipeError(source, f"{path}.ratio", "a number in [0, 1) (or layer_ratios) for method 'filter'", None)
-    if cfg.schedule != "one_shot":
-        raise RecipeError(source, f"{path}.schedule", "'one_shot' for method 'filter' (fine-tune with a train stage)",
-                          cfg.schedule)
-    for layer, ratio in cfg.layer_ratios.items():
-        if not 0 <= ratio < 1:
-            raise RecipeError(source, f"{path}.layer_ratios.{layer}", "a number >= 0 and < 1", ratio)
-
-
-def _check_slot_use(stype: str, cfg: Any, trained: set[str], quantized: set[str], source: str, path: str) -> None:
-    """int8 slots feed `evaluate` only; quantization needs trained weights (random weights give garbage int8)."""
-    if stype != "evaluate":
-        for fname in ("model", "teacher", "student", "models"):
-            refs = getattr(cfg, fname, None)
-            for ref in (refs,) if isinstance(refs, str) else (refs or ()):
-                if ref in quantized:
-                    what = ("the quantize stage already exports and measures it" if stype == "export"
-                            else "int8 models cannot be trained, pruned or quantized again")
-                    raise RecipeError(source, f"{path}.{fname}", f"an fp32 model: '{ref}' is an int8 model from a "
-                                      f"quantize stage and only `evaluate` can use it ({what})", ref)
-    if stype == "quantize":
-        if cfg.model not in trained:
-            raise RecipeError(source, f"{path}.model", "a model trained by an earlier train/distill stage (or "
-                              "pruned from one): quantizing untrained weights gives meaningless int8 outputs",
-                              f"{cfg.model} (initial weights)")
 
 
 def recipe_to_dict(recipe: Recipe) -> dict:

@@ -16,10 +16,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 
-from common.decision import Metric, title  # noqa: E402
-
-COLORS = {"torch": "#d6604d", "paddle": "#2166ac"}
-MARKERS = {"torch": "o", "paddle": "s"}
+from common.backend_names import color, marker, title  # noqa: E402
+from common.decision import Metric  # noqa: E402
+from common.stages.registry import stage_type, stage_types  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -30,15 +29,11 @@ class Figure:
     png: bytes
 
 
-def _png(fig) -> bytes:
+def png(fig) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=96, bbox_inches="tight", metadata={"Software": None})
     plt.close(fig)
     return buf.getvalue()
-
-
-def _color(backend: str) -> str:
-    return COLORS.get(backend, "#555555")
 
 
 def _slot(what: str) -> str | None:
@@ -70,11 +65,11 @@ def pareto_figure(metrics: list[Metric], backends: list[str], x_group: str, name
         if not pts:
             continue
         ax.errorbar([p[1].mean for p in pts], [p[2].mean * 100 for p in pts],
-                    xerr=[p[1].std for p in pts], yerr=[p[2].std * 100 for p in pts], fmt=MARKERS.get(b, "o"),
-                    color=_color(b), label=title(b), capsize=3, markersize=7, linestyle="none")
+                    xerr=[p[1].std for p in pts], yerr=[p[2].std * 100 for p in pts], fmt=marker(b),
+                    color=color(b), label=title(b), capsize=3, markersize=7, linestyle="none")
         for s, sx, sa in pts:
             ax.annotate(s, (sx.mean, sa.mean * 100), textcoords="offset points", xytext=(6, 4), fontsize=8,
-                        color=_color(b))
+                        color=color(b))
     ax.set_xscale("log")
     plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
     ax.xaxis.set_major_formatter(plain)
@@ -94,7 +89,7 @@ def pareto_figure(metrics: list[Metric], backends: list[str], x_group: str, name
     return Figure(name, f"Accuracy vs {what}",
                   f"Each point is one model on one framework: mean over seeds, bars = std over seeds. "
                   f"{'Latency' if what == 'latency' else 'Size'} is measured on the exported (or int8) file.",
-                  _png(fig))
+                  png(fig))
 
 
 def training_figure(results: list[dict], backends: list[str]) -> Figure | None:
@@ -104,8 +99,8 @@ def training_figure(results: list[dict], backends: list[str]) -> Figure | None:
         for st in r.get("stages", []):
             if st.get("status") != "ok":
                 continue
-            hist = st.get("history") or (st.get("qat") or {}).get("history")
-            if st["type"] in ("train", "distill", "prune", "quantize") and hist:
+            kind = stage_type(st["type"])
+            for hist in (kind.histories(st) if kind is not None else []):
                 curves[st["name"]][r["backend"]].append(hist)
     stages = [s for s, by_b in curves.items() if any(len(h[0]) > 0 for h in by_b.values())]
     if not stages:
@@ -122,9 +117,9 @@ def training_figure(results: list[dict], backends: list[str]) -> Figure | None:
                 n = min(len(h) for h in runs)
                 vals = np.array([[h[i][key] * scale for i in range(n)] for h in runs])
                 epochs = np.arange(1, n + 1)
-                ax.plot(epochs, vals.mean(axis=0), marker=MARKERS.get(b, "o"), color=_color(b), label=title(b))
+                ax.plot(epochs, vals.mean(axis=0), marker=marker(b), color=color(b), label=title(b))
                 if len(runs) > 1:
-                    ax.fill_between(epochs, vals.min(axis=0), vals.max(axis=0), color=_color(b), alpha=0.15)
+                    ax.fill_between(epochs, vals.min(axis=0), vals.max(axis=0), color=color(b), alpha=0.15)
             longest = max(len(h) for runs in curves[stage].values() for h in runs)
             ax.set_xticks(range(1, longest + 1))
             ax.set_xlim(0.7, longest + 0.3)
@@ -135,79 +130,13 @@ def training_figure(results: list[dict], backends: list[str]) -> Figure | None:
                 ax.legend(fontsize=8)
     fig.tight_layout()
     return Figure("training_curves", "Training curves",
-                  "Per epoch, mean over seeds; the band spans the lowest and highest seed.", _png(fig))
-
-
-def sparsity_figure(results: list[dict], backends: list[str]) -> Figure | None:
-    """Target and reached sparsity at each mask update of gradual pruning, per framework."""
-    series: dict[str, dict[str, list[dict]]] = defaultdict(dict)
-    for r in results:
-        for st in r.get("stages", []):
-            if st.get("status") == "ok" and st["type"] == "prune" and st.get("sparsity_curve"):
-                series[st["name"]].setdefault(r["backend"], st["sparsity_curve"])  # one seed: schedules are equal
-    if not series:
-        return None
-    fig, axes = plt.subplots(1, len(series), figsize=(6.5 * len(series), 3.6), squeeze=False)
-    for ax, (stage, by_b) in zip(axes[0], series.items()):
-        first = next(iter(by_b.values()))
-        ax.plot([c["step"] for c in first], [c["target"] * 100 for c in first], color="#333333", linestyle="--",
-                label="target (common/schedule)")
-        for b in backends:
-            if b in by_b:
-                ax.plot([c["step"] for c in by_b[b]], [c["achieved"] * 100 for c in by_b[b]],
-                        marker=MARKERS.get(b, "o"), markersize=3, color=_color(b), linestyle="none",
-                        label=f"reached, {title(b)}")
-        ax.set_title(f"{stage}: sparsity schedule", fontsize=10)
-        ax.set_xlabel("training step")
-        ax.set_ylabel("sparsity of pruned layers (%)")
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    return Figure("sparsity_schedule", "Sparsity schedule",
-                  "Reached sparsity at every mask update (first seed) against the shared target curve.", _png(fig))
-
-
-def quantization_figure(results: list[dict], backends: list[str]) -> Figure | None:
-    """int8 against fp32 per framework: file size, top-1, batch-1 latency (mean over seeds, error bar = std)."""
-    vals: dict[tuple[str, str, str], list[float]] = defaultdict(list)
-    for r in results:
-        for st in r.get("stages", []):
-            if st.get("status") == "ok" and st["type"] == "quantize":
-                for kind in ("fp32", "int8"):
-                    rec = st[kind]
-                    bs = next(iter(rec["latency"]))
-                    vals[(r["backend"], kind, "size")].append(rec["size_mb"])
-                    vals[(r["backend"], kind, "top1")].append(rec["top1"] * 100)
-                    vals[(r["backend"], kind, "lat")].append(rec["latency"][bs]["p50_ms"])
-    if not vals:
-        return None
-    present = [b for b in backends if (b, "fp32", "size") in vals]
-    fig, axes = plt.subplots(1, 3, figsize=(11, 3.4))
-    width = 0.38
-    for ax, (key, label) in zip(axes, (("size", "file MB"), ("top1", "top-1 (%)"), ("lat", "batch-1 p50 ms"))):
-        x = np.arange(len(present))
-        for k, (kind, hatch) in enumerate((("fp32", ""), ("int8", "//"))):
-            means = [np.mean(vals[(b, kind, key)]) for b in present]
-            stds = [np.std(vals[(b, kind, key)], ddof=1) if len(vals[(b, kind, key)]) > 1 else 0 for b in present]
-            bars = ax.bar(x + (k - 0.5) * width, means, width, yerr=stds, capsize=3, label=kind, hatch=hatch,
-                          color=[_color(b) for b in present], alpha=0.55 if kind == "fp32" else 0.95,
-                          edgecolor="black", linewidth=0.6)
-            ax.bar_label(bars, fmt="%.1f" if key != "lat" else "%.2f", fontsize=7, padding=2)
-        ax.set_xticks(x, [title(b) for b in present])
-        ax.set_title(label, fontsize=10)
-        ax.grid(True, axis="y", alpha=0.3)
-        ax.margins(y=0.15)
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    return Figure("int8_vs_fp32", "int8 vs fp32",
-                  "The int8 file against the fp32 file of the same weights, on each framework's deployment runtime.",
-                  _png(fig))
+                  "Per epoch, mean over seeds; the band spans the lowest and highest seed.", png(fig))
 
 
 def report_figures(results: list[dict], backends: list[str], metrics: list[Metric]) -> list[Figure]:
     """Every figure that applies to these results; `metrics` is collect_metrics(results)."""
     figs = [pareto_figure(metrics, backends, "latency", "accuracy_vs_latency"),
             pareto_figure(metrics, backends, "size", "accuracy_vs_size"),
-            training_figure(results, backends), sparsity_figure(results, backends),
-            quantization_figure(results, backends)]
+            training_figure(results, backends)]
+    figs += [f for kind in stage_types().values() for f in kind.figures(results, backends)]
     return [f for f in figs if f is not None]

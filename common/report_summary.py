@@ -6,28 +6,33 @@ import json
 from collections import defaultdict
 from typing import Any
 
-from common.decision import collect_metrics, decision_rows, headline, title
+from common.backend_names import title
+from common.decision import collect_metrics, decision_rows, headline
+from common.stages.registry import stage_type
 from common.markdown_table import table
 from common.recipe import recipe_digest
 
 
 def decision_section(results: list[dict], backends: list[str]) -> str:
-    """Per stage and metric: both frameworks (mean ± std over seeds), the paired difference with its 95%
-    interval, and who is ahead; then what each backend did natively and what needed a workaround."""
-    if len(backends) != 2:
-        return ""
-    a, b = backends
+    """Per stage and metric: the reference framework and each other one (mean ± std over seeds), the paired
+    difference with its 95% interval, and who is ahead; then what each backend did natively and what needed a
+    workaround. With more than two backends, one comparison per other backend against the first."""
     metrics = collect_metrics(results)
-    if not metrics:
+    if len(backends) < 2 or not metrics:
         return ""
     seeds = sorted({r["seed"] for r in results})
-    out = ["## Decision summary\n\n",
-           f"Mean ± std over {len(seeds)} seed(s); difference = {title(b)} − {title(a)}, paired by seed, with "
-           "its 95% Student-t interval; *significant* means the interval excludes zero. Accuracy in % (difference "
-           "in points), sizes from the files on disk, latency on each framework's deployment runtime.\n\n",
-           *(f"- {line}\n" for line in headline(metrics, a, b)), "\n",
-           table(["", "what", title(a), title(b), f"difference [95% CI]", "ahead"],
-                 decision_rows(metrics, a, b)), "\n"]
+    a = backends[0]
+    out = ["## Decision summary\n\n"]
+    for b in backends[1:]:
+        if len(backends) > 2:
+            out.append(f"### {title(b)} against {title(a)}\n\n")
+        out += [f"Mean ± std over {len(seeds)} seed(s); difference = {title(b)} − {title(a)}, paired by seed, with "
+                "its 95% Student-t interval; *significant* means the interval excludes zero. Accuracy in % "
+                "(difference in points), sizes from the files on disk, latency on each framework's deployment "
+                "runtime.\n\n",
+                *(f"- {line}\n" for line in headline(metrics, a, b)), "\n",
+                table(["", "what", title(a), title(b), "difference [95% CI]", "ahead"],
+                      decision_rows(metrics, a, b)), "\n"]
     notes = capability_notes(results, backends)
     settings = _settings_note(results)
     if notes or settings:
@@ -55,13 +60,10 @@ def capability_notes(results: list[dict], backends: list[str]) -> list[str]:
     for r in results:
         who = title(r["backend"])
         for st in r.get("stages", []):
-            if st.get("status") == "ok" and st["type"] == "prune" and st.get("lowering"):
-                notes.setdefault(f"{who} {st['name']}", f"{who}, `{st['name']}` ({st['method']} pruning): "
-                                                        f"{st['lowering']}")
-            elif st.get("status") == "ok" and st["type"] == "quantize":
-                lw = st["lowering"]
-                notes.setdefault(f"{who} {st['name']}", f"{who}, `{st['name']}` ({st['mode']}): {lw['tool']}; "
-                                                        f"runs on {lw['runtime']}")
+            kind = stage_type(st["type"])
+            note = kind.how_note(who, st) if kind is not None and st.get("status") == "ok" else None
+            if note:
+                notes.setdefault(f"{who} {st['name']}", note)
         err = r.get("error") or {}
         if r.get("status") != "ok" and err.get("type") == "UnsupportedStage":
             notes.setdefault(f"{who} unsupported {err.get('stage')}",

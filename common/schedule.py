@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 
-from common.recipe import ScheduleConfig
+from common.config import ScheduleConfig
 
 
 def lr_at(step: int, total_steps: int, steps_per_epoch: int, base_lr: float, cfg: ScheduleConfig) -> float:

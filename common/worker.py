@@ -19,14 +19,15 @@ from typing import Any
 import numpy as np
 
 from backends.base import QuantizedModel, load_backend
+from backends.capabilities import capability_record, require_supported
 from common.data import BatchStream, load_dataset
 from common.errors import ParityError, RecipeError, SlimbenchError, Terminated
 from common.metrics import logit_difference
 from common.progress import Progress
 from common.recipe import Recipe, validate
 from common.results import SCHEMA_VERSION, atomic_write_json, init_dir, read_json, seed_dir
-from common.quantize_stage import artifact_from_record  # also registers the quantize executor
-from common.stages import EXECUTORS, RunContext
+from common.stages.loop import RunContext
+from common.stages.registry import stage_types
 from common.sysinfo import platform_info
 
 
@@ -93,7 +94,22 @@ def _completed_stages(recipe: Recipe, result_path: Path) -> list[dict]:
     return done
 
 
+def _restore_outputs(ctx: RunContext, stage: Any, record: dict, out: Path) -> None:
+    """Outputs of a stage an earlier attempt completed: reopened by the stage type (an int8 slot is its
+    artifact), else rebuilt (filter-pruned architectures first) and loaded from the stage's checkpoints."""
+    if stage_types()[stage.type].reopen(ctx, stage, record, out):
+        return
+    for dst, src in stage.config.derived_from().items():
+        model = ctx.output_model(src, dst)
+        if record.get("structure_edit"):  # a filter-pruned output: rebuild its architecture first
+            edit = dict(record["structure_edit"], example_shape=tuple(record["structure_edit"]["example_shape"]))
+            ctx.apply_structure(dst, edit)
+        ctx.backend.load_checkpoint(model, out / record["checkpoints"][dst])
+
+
 def cmd_run(run_dir: Path, backend_name: str, seed: int, threads: int, resume: bool = False) -> int:
+    """Run one (backend, seed): set up, load and check the shared initial weights, restore what an earlier
+    attempt completed, run the remaining stages; result.json is rewritten after each step."""
     recipe = load_run_recipe(run_dir)
     out = seed_dir(run_dir, backend_name, seed)
     out.mkdir(parents=True, exist_ok=True)
@@ -107,91 +123,109 @@ def cmd_run(run_dir: Path, backend_name: str, seed: int, threads: int, resume: b
         "status": "running", "error": None, "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "environment": {**platform_info(), "threads": threads}, "stages": list(done),
         "resumed_stages": [r["name"] for r in done]})
-    current = "setup"
+    where = {"stage": "setup"}  # where a failure happened, for the result
     progress = Progress()
     try:
-        backend = load_backend(backend_name)
-        res.data["environment"]["versions"] = backend.versions()
-        res.data["environment"].update(backend.configure(threads, recipe.runtime.device, seed, recipe.runtime))
-        stream, classes, probe = _probe_and_stream(recipe, seed)
-        res.data["data"] = {"dataset": recipe.data.dataset, "image_size": recipe.data.image_size,
-                            "batch_size": recipe.data.batch_size, **stream.digest()}
-        current = "init"
-        ctx = RunContext(backend, recipe, stream, classes, out, threads, progress)
-        parity = {}
-        src = init_dir(run_dir, seed)
-        for slot, cfg in recipe.models.items():
-            model = backend.build_model(cfg, _num_classes(recipe, slot, classes))
-            backend.load_numpy_state(model, dict(np.load(src / f"{slot}.npz")))
-            diff = logit_difference(np.load(src / f"{slot}.probe.npy"), backend.predict(model, probe))
-            parity[slot] = {**diff, "rtol": recipe.parity.rtol, "reference": recipe.reference_framework}
-            res.data["init_parity"] = parity
-            if diff["max_rel"] > recipe.parity.rtol:
-                raise ParityError(f"initial weights of '{slot}' ({cfg.arch}) converted from "
-                                  f"{recipe.reference_framework} give logits off by {diff['max_rel']:.2e} (relative), "
-                                  f"over the tolerance {recipe.parity.rtol:.0e} (parity.rtol)")
-            progress.say(f"init parity {slot}: max abs {diff['max_abs']:.2e}, relative {diff['max_rel']:.2e}")
-            ctx.models[slot], ctx.model_cfgs[slot] = model, cfg
-        res.flush()
+        ctx = _set_up(recipe, backend_name, seed, threads, out, res, progress)
+        where["stage"] = "init"
+        _load_initial_weights(ctx, init_dir(run_dir, seed), res)
         for stage, record in zip(recipe.stages, done):
-            current = stage.name
-            for dst, src in stage.config.derived_from().items():
-                if record.get("type") == "quantize":  # an int8 slot is its artifact: reopen it
-                    ctx.models[dst] = backend.load_quantized(artifact_from_record(record["int8"], out), threads)
-                    ctx.model_cfgs[dst] = ctx.model_cfgs[src]
-                    continue
-                model = ctx.output_model(src, dst)
-                if record.get("structure_edit"):  # a filter-pruned output: rebuild its architecture first
-                    edit = dict(record["structure_edit"], example_shape=tuple(record["structure_edit"]["example_shape"]))
-                    ctx.apply_structure(dst, edit)
-                backend.load_checkpoint(model, out / record["checkpoints"][dst])
+            where["stage"] = stage.name
+            _restore_outputs(ctx, stage, record, out)
             progress.say(f"{stage.name}: completed earlier" + (", outputs reloaded from checkpoints"
                                                                 if stage.config.derived_from() else ": kept"))
         for stage in recipe.stages[len(done):]:
-            current = stage.name
-            t0 = time.perf_counter()
-            record: dict[str, Any] = {"name": stage.name, "type": stage.type, "status": "running"}
-            res.data["stages"].append(record)
-            res.flush()
-            record.update(EXECUTORS[stage.type](ctx, stage))
-            record["status"] = "ok"
-            record["time_s"] = time.perf_counter() - t0
-            for slot in stage.config.outputs():
-                if isinstance(ctx.models[slot], QuantizedModel):  # the int8 artifact is its own checkpoint
-                    record.setdefault("checkpoints", {})[slot] = record["int8"]["entry"]
-                    continue
-                ckpt = out / "checkpoints" / f"{slot}{backend.checkpoint_suffix()}"
-                ckpt.parent.mkdir(exist_ok=True)
-                backend.save_checkpoint(ctx.models[slot], ckpt)
-                record.setdefault("checkpoints", {})[slot] = str(ckpt.relative_to(out))
-                # Framework-neutral copy: lets another backend start a later stage from these exact weights.
-                tmp = ckpt.with_name(f".{slot}.tmp.npz")
-                np.savez(tmp, **backend.state_to_numpy(ctx.models[slot]))
-                tmp.replace(ckpt.with_name(f"{slot}.npz"))
-            res.flush()
+            where["stage"] = stage.name
+            _run_stage(ctx, stage, res)
         res.data["status"] = "ok"
         return_code = 0
     except (Exception, KeyboardInterrupt, Terminated) as e:  # recorded in result.json; the exit status says how
-        kind = type(e).__name__
-        interrupted = isinstance(e, (KeyboardInterrupt, Terminated))
-        res.data["status"] = "interrupted" if interrupted else "failed"
-        res.data["error"] = {"type": kind, "stage": current, "message": str(e),
-                             "user_error": isinstance(e, SlimbenchError)}
-        for record in res.data["stages"]:
-            if record.get("status") == "running":
-                record["status"] = "failed"
-        res.flush()  # record the failure before anything else can go wrong
-        if interrupted:
-            progress.say(f"interrupted in {current}")
-            return_code = 143 if isinstance(e, Terminated) else 130
-        else:
-            traceback.print_exc()
-            progress.say(f"FAILED in {current}: {kind}: {e}")
-            return_code = 1
+        return_code = _record_failure(res, e, where["stage"], progress)
     res.data["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     res.data["wall_time_s"] = time.time() - t_start
     res.flush()
     return return_code
+
+
+def _set_up(recipe: Recipe, backend_name: str, seed: int, threads: int, out: Path, res: ResultWriter,
+            progress: Progress) -> RunContext:
+    """The backend configured (threads, device, seed, runtime options) and the shared batch stream, recorded."""
+    backend = load_backend(backend_name)
+    res.data["environment"]["versions"] = backend.versions()
+    res.data["capabilities"] = capability_record(backend_name)
+    res.data["environment"].update(backend.configure(threads, recipe.runtime.device, seed, recipe.runtime))
+    stream, classes, _ = _probe_and_stream(recipe, seed)
+    res.data["data"] = {"dataset": recipe.data.dataset, "image_size": recipe.data.image_size,
+                        "batch_size": recipe.data.batch_size, **stream.digest()}
+    return RunContext(backend, recipe, stream, classes, out, threads, progress)
+
+
+def _load_initial_weights(ctx: RunContext, src: Path, res: ResultWriter) -> None:
+    """Fairness rule 2: every slot starts from the reference framework's weights, checked on probe logits."""
+    recipe, backend = ctx.recipe, ctx.backend
+    probe = ctx.stream.val_images(recipe.parity.probe_batch)
+    parity = {}
+    for slot, cfg in recipe.models.items():
+        model = backend.build_model(cfg, _num_classes(recipe, slot, ctx.num_classes))
+        backend.load_numpy_state(model, dict(np.load(src / f"{slot}.npz")))
+        diff = logit_difference(np.load(src / f"{slot}.probe.npy"), backend.predict(model, probe))
+        parity[slot] = {**diff, "rtol": recipe.parity.rtol, "reference": recipe.reference_framework}
+        res.data["init_parity"] = parity
+        if diff["max_rel"] > recipe.parity.rtol:
+            raise ParityError(f"initial weights of '{slot}' ({cfg.arch}) converted from "
+                              f"{recipe.reference_framework} give logits off by {diff['max_rel']:.2e} (relative), "
+                              f"over the tolerance {recipe.parity.rtol:.0e} (parity.rtol)")
+        ctx.progress.say(f"init parity {slot}: max abs {diff['max_abs']:.2e}, relative {diff['max_rel']:.2e}")
+        ctx.models[slot], ctx.model_cfgs[slot] = model, cfg
+    res.flush()
+
+
+def _run_stage(ctx: RunContext, stage: Any, res: ResultWriter) -> None:
+    """One stage through its type's executor, its outputs checkpointed, the result rewritten."""
+    t0 = time.perf_counter()
+    record: dict[str, Any] = {"name": stage.name, "type": stage.type, "status": "running"}
+    res.data["stages"].append(record)
+    res.flush()
+    require_supported(ctx.backend.name, stage.type, stage.config)
+    record.update(stage_types()[stage.type].run(ctx, stage))
+    record["status"] = "ok"
+    record["time_s"] = time.perf_counter() - t0
+    for slot in stage.config.outputs():
+        record.setdefault("checkpoints", {})[slot] = _checkpoint(ctx, slot, record)
+    res.flush()
+
+
+def _checkpoint(ctx: RunContext, slot: str, record: dict[str, Any]) -> str:
+    """Save a stage output in the backend's format and as a canonical .npz; return its path in the seed dir."""
+    model, backend, out = ctx.models[slot], ctx.backend, ctx.out_dir
+    if isinstance(model, QuantizedModel):  # the int8 artifact is its own checkpoint
+        return record["int8"]["entry"]
+    ckpt = out / "checkpoints" / f"{slot}{backend.checkpoint_suffix()}"
+    ckpt.parent.mkdir(exist_ok=True)
+    backend.save_checkpoint(model, ckpt)
+    # Framework-neutral copy: lets another backend start a later stage from these exact weights.
+    tmp = ckpt.with_name(f".{slot}.tmp.npz")
+    np.savez(tmp, **backend.state_to_numpy(model))
+    tmp.replace(ckpt.with_name(f"{slot}.npz"))
+    return str(ckpt.relative_to(out))
+
+
+def _record_failure(res: ResultWriter, e: BaseException, stage: str, progress: Progress) -> int:
+    """Record a failure or an interruption in the result; return the worker's exit code (1, 130, 143)."""
+    kind = type(e).__name__
+    interrupted = isinstance(e, (KeyboardInterrupt, Terminated))
+    res.data["status"] = "interrupted" if interrupted else "failed"
+    res.data["error"] = {"type": kind, "stage": stage, "message": str(e), "user_error": isinstance(e, SlimbenchError)}
+    for record in res.data["stages"]:
+        if record.get("status") == "running":
+            record["status"] = "failed"
+    res.flush()  # record the failure before anything else can go wrong
+    if interrupted:
+        progress.say(f"interrupted in {stage}")
+        return 143 if isinstance(e, Terminated) else 130
+    traceback.print_exc()
+    progress.say(f"FAILED in {stage}: {kind}: {e}")
+    return 1
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,7 +1,7 @@
 """Test-session setup.
 
 Import order matters when both frameworks share one process: `import paddle` before `import torch`
-segfaults (a zlib clash, DESIGN.md 5). The product runs each backend in its own subprocess; tests that
+segfaults (a zlib clash, docs/ARCHITECTURE.md, section 6). The product runs each backend in its own subprocess; tests that
 call both backends in-process import torch first here, before anything can import paddle.
 """
 from __future__ import annotations

@@ -9,15 +9,19 @@ import zlib  # noqa: F401  (must precede `import paddle`, see above)
 import os
 import platform
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import paddle
 
+from backends.capabilities import NOT_APPLIED
 from backends.base import ExportedArtifact, QuantizedModel
 from backends.paddle import distill, export, measure, models, programs, prune, quantize, train, weights
 from common.errors import SlimbenchError
-from common.recipe import ModelConfig, OptimizerConfig, QuantizeStage, RuntimeConfig
+from common.config import ModelConfig, OptimizerConfig, RuntimeConfig
+
+if TYPE_CHECKING:  # the stage module imports backends.base: a runtime import would be circular
+    from common.stages.quantize import QuantizeStage
 
 
 def _paddleslim_version() -> str:
@@ -52,8 +56,8 @@ class PaddleBackend:
         paddle.base.core.set_num_threads(threads)
         paddle.seed(seed)
         self.onednn_depthwise = runtime.cpu_tuning and not use_gpu
-        asked = {"amp": runtime.amp, "channels_last": runtime.channels_last, "compile": runtime.compile}
-        # amp/channels_last/compile are torch-backend options: recorded as not applied, so the report shows them.
+        # Options declared not applied in backends/capabilities.py: recorded, so the report shows them.
+        asked = {k: getattr(runtime, k) for k in NOT_APPLIED["paddle"]}
         info = {"device": paddle.get_device(), "threads": threads,
                 "omp_num_threads": os.environ.get("OMP_NUM_THREADS", "unset"),
                 "optimizer_notes": ["AdamW runs as Adam(use_multi_tensor=True) with decoupled weight decay "
@@ -100,8 +104,9 @@ class PaddleBackend:
                   temperature: float, alpha: float) -> distill.Distiller:
         return distill.Distiller(student, teacher, opt, temperature, alpha, self.onednn_depthwise)
 
-    def kd_loss(self, s: np.ndarray, t: np.ndarray, y: np.ndarray, temperature: float, alpha: float) -> float:
-        return distill.kd_loss_value(s, t, y, temperature, alpha)
+    def kd_loss(self, student_logits: np.ndarray, teacher_logits: np.ndarray, labels: np.ndarray,
+                temperature: float, alpha: float) -> float:
+        return distill.kd_loss_value(student_logits, teacher_logits, labels, temperature, alpha)
 
     def recalibrate_bn(self, model: paddle.nn.Layer, batches) -> None:
         train.recalibrate_bn(model, batches, self.onednn_depthwise)

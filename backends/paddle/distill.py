@@ -1,4 +1,4 @@
-"""Hinton distillation, hand-written (not PaddleSlim's Distill: DESIGN.md 5) to match the torch backend."""
+"""Hinton distillation, hand-written (not PaddleSlim's Distill: docs/ARCHITECTURE.md, section 6) to match the torch backend."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,7 +8,7 @@ from paddle.nn import functional as F
 
 from backends.paddle.programs import forward_program
 from backends.paddle.train import Trainer
-from common.recipe import OptimizerConfig
+from common.config import OptimizerConfig
 
 
 def hinton_loss(student: paddle.Tensor, teacher: paddle.Tensor, labels: paddle.Tensor, temperature: float,

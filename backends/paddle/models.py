@@ -4,7 +4,7 @@ from __future__ import annotations
 import paddle
 from paddle import nn
 
-from common.recipe import ModelConfig
+from common.config import ModelConfig
 
 TINY_WIDTHS = {"tiny_cnn": (16, 32), "tiny_cnn_small": (8, 16)}
 

@@ -1,7 +1,7 @@
 """Unstructured pruning for paddle with masks of our own, following common/pruning's schedule exactly.
 
 PaddleSlim's UnstructuredPruner/GMPUnstructuredPruner pick their own thresholds and ramp, and fail
-on tensors over 1M elements (DESIGN.md 5), so they cannot follow the shared AGP curve. Here a mask
+on tensors over 1M elements (docs/ARCHITECTURE.md, section 6), so they cannot follow the shared AGP curve. Here a mask
 zeroes the weight, a gradient hook zeroes its gradient (as torch's reparametrization does), and
 the trainer re-applies the mask after every optimizer step.
 """

@@ -3,14 +3,14 @@
 Static PTQ is PaddleSlim's `quant_post_static` on the exported fp32 inference model; QAT is PaddleSlim's
 dygraph `QAT` with `onnx_format=True`. Both write real int8 weights that run correctly under
 `enable_mkldnn_int8`; `paddle.quantization` and dygraph PTQ keep float32 weights and give wrong int8
-outputs with oneDNN (DESIGN.md 5), so they are not used. Paddle quantizes activations symmetrically
+outputs with oneDNN (docs/ARCHITECTURE.md, section 6), so they are not used. Paddle quantizes activations symmetrically
 (abs-max scales, int8), where torch's fbgemm uses affine uint8: the report states the difference.
 """
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import paddle
@@ -20,12 +20,13 @@ from backends.base import ExportedArtifact, QuantizedModel
 from backends.paddle.measure import load_predictor
 from backends.paddle.prune import get_masks
 from common.capture import merge_distinct, recorded_warnings
-from backends.capabilities import PADDLE_DYNAMIC_QUANT
+from backends.capabilities import require_supported
 from common.errors import UnsupportedStage
-from common.recipe import QuantizeStage
+
+if TYPE_CHECKING:  # the stage module imports backends.base: a runtime import would be circular
+    from common.stages.quantize import QuantizeStage
 
 RUNTIME = "Paddle Inference (AnalysisPredictor, oneDNN int8, IR optim on)"
-DYNAMIC_UNSUPPORTED = PADDLE_DYNAMIC_QUANT  # declared in backends/capabilities.py, checked before runs start
 FORMAT = "Paddle int8 inference model (.pdmodel + .pdiparams, quantize/dequantize_linear ops)"
 
 # calibration name -> quant_post_static algo: abs_max is the max |x| over all batches (the symmetric min-max),
@@ -37,8 +38,8 @@ def lowering(cfg: QuantizeStage) -> dict[str, str]:
     weights = "int8 per-channel symmetric (channel_wise_abs_max)" if cfg.per_channel_weights else \
         "int8 per-tensor symmetric (abs_max)"
     if cfg.mode == "dynamic":
-        return {"tool": "none", "engine": "paddleslim", "weights": "-", "activations": "-", "calibration": "-",
-                "runtime": "-", "unsupported": DYNAMIC_UNSUPPORTED}
+        return {"tool": "none (not supported: backends/capabilities.py)", "engine": "paddleslim", "weights": "-",
+                "activations": "-", "calibration": "-", "runtime": "-"}
     if cfg.mode == "qat":
         return {"tool": "paddleslim.QAT (onnx_format=True), save_quantized_model", "engine": "paddleslim",
                 "weights": weights, "activations": "int8 per-tensor symmetric (moving_average_abs_max)",
@@ -98,7 +99,8 @@ def quantize_static(model: nn.Layer, cfg: QuantizeStage, calibration: list[np.nd
 
 def quantize_dynamic(model: nn.Layer, cfg: QuantizeStage, example: np.ndarray, out_dir: Path,
                      threads: int) -> QuantizedModel:
-    raise UnsupportedStage("paddle", "quantize mode 'dynamic'", DYNAMIC_UNSUPPORTED)
+    require_supported("paddle", "quantize", cfg)  # raises: declared unsupported in backends/capabilities.py
+    raise AssertionError("backends/capabilities.py must declare paddle's dynamic quantization unsupported")
 
 
 def prepare_qat(model: nn.Layer, cfg: QuantizeStage, example: np.ndarray) -> nn.Layer:

@@ -8,7 +8,7 @@ from paddle.nn import functional as F
 
 from backends.paddle.programs import OnednnDepthwiseProgram, depthwise_conv_count, forward_program
 from backends.paddle.prune import apply_masks
-from common.recipe import OptimizerConfig
+from common.config import OptimizerConfig
 
 
 class DecoupledAdamW:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import platform
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -12,7 +12,10 @@ import torchvision
 from backends.base import ExportedArtifact, QuantizedModel
 from backends.torch import distill, export, measure, models, prune, quantize, train, weights
 from common.errors import SlimbenchError
-from common.recipe import ModelConfig, OptimizerConfig, QuantizeStage, RuntimeConfig
+from common.config import ModelConfig, OptimizerConfig, RuntimeConfig
+
+if TYPE_CHECKING:  # the stage module imports backends.base: a runtime import would be circular
+    from common.stages.quantize import QuantizeStage
 
 
 class TorchBackend:
@@ -70,8 +73,9 @@ class TorchBackend:
                   temperature: float, alpha: float) -> distill.Distiller:
         return distill.Distiller(student, teacher, opt, self.device, temperature, alpha, self.runtime)
 
-    def kd_loss(self, s: np.ndarray, t: np.ndarray, y: np.ndarray, temperature: float, alpha: float) -> float:
-        return distill.kd_loss_value(s, t, y, temperature, alpha)
+    def kd_loss(self, student_logits: np.ndarray, teacher_logits: np.ndarray, labels: np.ndarray,
+                temperature: float, alpha: float) -> float:
+        return distill.kd_loss_value(student_logits, teacher_logits, labels, temperature, alpha)
 
     def recalibrate_bn(self, model: torch.nn.Module, batches) -> None:
         train.recalibrate_bn(model, batches, self.device)

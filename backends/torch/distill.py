@@ -7,7 +7,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from backends.torch.train import Trainer, prepare_module, uses_channels_last
-from common.recipe import OptimizerConfig, RuntimeConfig
+from common.config import OptimizerConfig, RuntimeConfig
 
 
 def hinton_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, temperature: float,

@@ -5,7 +5,7 @@ import torch
 import torchvision
 from torch import nn
 
-from common.recipe import ModelConfig
+from common.config import ModelConfig
 
 TORCHVISION_ARCHS = ("resnet18", "resnet34", "resnet50", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large")
 TINY_WIDTHS = {"tiny_cnn": (16, 32), "tiny_cnn_small": (8, 16)}

@@ -1,7 +1,7 @@
 """int8 quantization with torch.ao.quantization FX graph mode, deployed as a frozen TorchScript file.
 
 The quantized engine is fbgemm: with `x86` or `onednn` an int8 model is fast only for the first input
-shape it runs and ~10x slower on any other (DESIGN.md 5), which would make batch-N latency dishonest.
+shape it runs and ~10x slower on any other (docs/ARCHITECTURE.md, section 6), which would make batch-N latency dishonest.
 Everything engine-specific sits in `FxFbgemmEngine`, so torchao's pt2e flow (the maintained successor,
 fast only after torch.compile today) can be added as a second engine behind the same methods.
 `torch.export` cannot take FX int8 models; TorchScript (trace + freeze) is the file such a model ships as.
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
@@ -22,7 +22,9 @@ from backends.base import ExportedArtifact, QuantizedModel
 from backends.torch.prune import get_masks, without_reparametrization
 from common.capture import merge_distinct, recorded_warnings
 from common.errors import UnsupportedStage
-from common.recipe import QuantizeStage
+
+if TYPE_CHECKING:  # the stage module imports backends.base: a runtime import would be circular
+    from common.stages.quantize import QuantizeStage
 
 RUNTIME = "TorchScript (frozen) int8 kernels, fbgemm engine"
 FORMAT = "TorchScript (.pt: torch.jit.trace + freeze of the FX int8 model)"

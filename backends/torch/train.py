@@ -7,7 +7,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from common.pruning import is_depthwise
-from common.recipe import OptimizerConfig, RuntimeConfig
+from common.config import OptimizerConfig, RuntimeConfig
 
 CPU_TUNING_NOTE = ("models with depthwise convolutions train in channels_last (NHWC) on the CPU: torch's oneDNN "
                    "kernels run MobileNetV2 steps about 2x faster that way (ResNet50, without depthwise convolutions, "

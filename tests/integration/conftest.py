@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from common.recipe import ModelConfig
+from common.config import ModelConfig
 
 
 @pytest.fixture(scope="module")

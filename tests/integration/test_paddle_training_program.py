@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common.recipe import ModelConfig, OptimizerConfig
+from common.config import ModelConfig, OptimizerConfig
 
 paddle = pytest.importorskip("paddle")
 pytestmark = pytest.mark.paddle
@@ -109,7 +109,8 @@ def test_qat_in_programs_is_dygraph_qat_with_other_depthwise_kernels(backend, mo
     for bit like dygraph: to_static changes where the kernels run, not what the fake-quant layers do. The model
     still converts to an int8 file afterwards."""
     from backends.paddle import create, programs, quantize
-    from common.recipe import QuantizeStage, RuntimeConfig
+    from common.config import RuntimeConfig
+    from common.stages.quantize import QuantizeStage
     cfg = QuantizeStage(name="qat", model="net", mode="qat")
     x, y = _batch(8)
     state = backend.state_to_numpy(_mobilenet(backend))
@@ -134,7 +135,7 @@ _REPRO = """
 import sys; sys.path.insert(0, {root!r})
 import numpy as np
 from backends.paddle import create
-from common.recipe import ModelConfig, OptimizerConfig
+from common.config import ModelConfig, OptimizerConfig
 b = create(); b.configure(2, "cpu", 0)
 m = b.build_model(ModelConfig(arch="mobilenet_v2", dropout=0.0), 10)
 b.load_numpy_state(m, dict(np.load({state!r})))

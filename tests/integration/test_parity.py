@@ -1,6 +1,6 @@
 """Cross-framework parity: losses, weight transfer, optimizer steps, artifact accounting.
 
-Both backends are used in one process here; tests/conftest.py imports torch first (import order, DESIGN.md 5).
+Both backends are used in one process here; tests/conftest.py imports torch first (import order, docs/ARCHITECTURE.md, section 6).
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from common.metrics import hinton_kd_loss
-from common.recipe import ModelConfig, OptimizerConfig
+from common.config import ModelConfig, OptimizerConfig
 from tests.integration.conftest import transfer
 
 pytestmark = [pytest.mark.torch, pytest.mark.paddle]

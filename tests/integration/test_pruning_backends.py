@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from common.pruning import magnitude_masks, name_artifact_layers
-from common.recipe import ModelConfig, OptimizerConfig
+from common.config import ModelConfig, OptimizerConfig
 from tests.integration.conftest import transfer
 from tests.integration.test_run_recipe import cli
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from common.recipe import ModelConfig, OptimizerConfig, RuntimeConfig
+from common.config import ModelConfig, OptimizerConfig, RuntimeConfig
 
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.torch
@@ -48,7 +48,7 @@ def test_device_normalization_of_uint8_batches_is_bit_identical_to_the_stream():
     (benchmarks/harness_overhead.py --device cuda checks the CUDA ones)."""
     from backends.torch.train import normalize_uint8
     from common.data import BatchStream, load_dataset
-    from common.recipe import DataConfig, AugmentConfig
+    from common.config import DataConfig, AugmentConfig
     cfg = DataConfig(dataset="synthetic", image_size=24, batch_size=32, synthetic_samples=128,
                      augment=AugmentConfig(crop_padding=3, hflip=True))
     stream = BatchStream(load_dataset(cfg), cfg, seed=5)
@@ -69,7 +69,7 @@ def test_trainer_takes_uint8_batches_once_asked_and_trains_on_the_same_values():
     losses are those of the float32 batches the stream would have given, exactly."""
     from backends.torch import create
     from common.data import BatchStream, load_dataset
-    from common.recipe import DataConfig
+    from common.config import DataConfig
     b = create()
     b.configure(2, "cpu", 0)
     cfg = DataConfig(dataset="synthetic", image_size=16, batch_size=16, synthetic_samples=64)

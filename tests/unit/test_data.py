@@ -9,7 +9,7 @@ import pytest
 
 from common.data import BatchStream, load_dataset
 from common.errors import DataError
-from common.recipe import AugmentConfig, DataConfig
+from common.config import AugmentConfig, DataConfig
 
 
 def batches(cfg: DataConfig, seed: int, epoch: int = 0, n: int = 3):

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from common.recipe import ScheduleConfig
+from common.config import ScheduleConfig
 from common.schedule import lr_at, lr_curve
 
 

@@ -1,0 +1,101 @@
+"""The `distill` stage: a student learns from a frozen teacher (Hinton KD) in the shared loop; its report part
+is the KD gain over the student trained alone from the same start."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from common.backend_names import title
+from common.config import OptimizerConfig, ScheduleConfig
+from common.markdown_table import table
+from common.report_index import ReportIndex, fmt_values
+from common.schema import bounds
+from common.stages.loop import RunContext, fit
+from common.stages.registry import MetricFactory, RowSink, SlotState, Stage, StageType, register
+from common.stages.train import training_csv_rows, training_time_metric
+
+
+@dataclass(frozen=True)
+class DistillStage:
+    name: str
+    teacher: str
+    student: str
+    output: str | None = None
+    method: Literal["hinton"] = "hinton"
+    temperature: float = field(default=4.0, metadata=bounds(gt=0))
+    alpha: float = field(default=0.9, metadata=bounds(ge=0, le=1))
+    epochs: int = field(default=1, metadata=bounds(gt=0))
+    optimizer: OptimizerConfig = OptimizerConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    # Recompute BN running statistics over this many training batches after the last epoch ("precise BN").
+    bn_recalibration_batches: int = field(default=0, metadata=bounds(ge=0))
+
+    def outputs(self) -> tuple[str, ...]:
+        return (self.output or self.student,)
+
+    def inputs(self) -> tuple[str, ...]:
+        return (self.teacher, self.student)
+
+    def derived_from(self) -> dict[str, str]:
+        return {self.output or self.student: self.student}
+
+
+def kd_pairs(run_meta: dict) -> list[tuple[str, str, str]]:
+    """(distill stage, baseline slot, distilled slot): the baseline is the train stage on the same start."""
+    stages = [next(iter(s.items())) for s in run_meta.get("recipe", {}).get("stages", [])]
+    pairs = []
+    for stype, cfg in stages:
+        if stype != "distill":
+            continue
+        for t2, c2 in stages:
+            if t2 == "train" and c2.get("model") == cfg.get("student"):
+                pairs.append((cfg["name"], c2.get("output") or c2["model"], cfg.get("output") or cfg["student"]))
+    return pairs
+
+
+class Distill(StageType):
+    name, config = "distill", DistillStage
+
+    def update(self, cfg: DistillStage, state: SlotState) -> None:
+        super().update(cfg, state)
+        state.trained.update(cfg.outputs())
+
+    def run(self, ctx: RunContext, stage: Stage) -> dict[str, Any]:
+        cfg: DistillStage = stage.config
+        out = cfg.output or cfg.student
+        student = ctx.output_model(cfg.student, out)
+        runner = ctx.backend.distiller(student, ctx.models[cfg.teacher], cfg.optimizer, cfg.temperature, cfg.alpha)
+        result = fit(ctx, stage, runner, student, cfg.epochs, cfg.optimizer, cfg.schedule,
+                     cfg.bn_recalibration_batches)
+        return {"model": out, "teacher": cfg.teacher, "method": cfg.method, "temperature": cfg.temperature,
+                "alpha": cfg.alpha, **result}
+
+    def metrics(self, metric: MetricFactory, backend: str, seed: int, result: dict, record: dict) -> None:
+        training_time_metric(metric, backend, seed, record)
+
+    def csv_rows(self, add: RowSink, result: dict, record: dict) -> None:
+        training_csv_rows(add, result, record)
+
+    def training_runs(self, record: dict) -> list[tuple[str, dict]]:
+        return [(record["name"], record)]
+
+    def section(self, ix: ReportIndex, run_dir: Path, meta: dict) -> str:
+        pairs = kd_pairs(meta)
+        if not pairs:
+            return ""
+        rows = []
+        for stage, base, kd in pairs:
+            for b in ix.backends:
+                bv, kv = ix.values(b, "evaluate", base, "top1"), ix.values(b, "evaluate", kd, "top1")
+                n = min(len(bv), len(kv))
+                gain = [k - v for k, v in zip(kv[:n], bv[:n])]
+                rows.append([stage, title(b), fmt_values(bv, 100, unit="%"), fmt_values(kv, 100, unit="%"),
+                             fmt_values(gain, 100, unit=" pts") if gain else "–"])
+        return ("## Knowledge-distillation gain\n\n"
+                + table(["distill stage", "backend", "baseline top-1", "distilled top-1", "KD gain"], rows)
+                + "\nThe baseline is the student trained alone from the same initial weights, data stream and "
+                  "schedule.\n\n")
+
+
+register(Distill())

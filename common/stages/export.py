@@ -1,0 +1,140 @@
+"""The `export` stage: the deployable fp32 artifact of each model slot, measured from the file itself (size on
+disk, params/MACs counted from the artifact, artifact accuracy, latency on the deployment runtime); its report
+part is the exported-artifacts table."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from common.backend_names import title
+from common.config import MeasureConfig
+from common.markdown_table import table
+from common.metrics import classification_metrics, latency_summary, logit_difference, time_calls
+from common.pruning import name_artifact_layers, pruned_layer_sparsity
+from common.report_index import ReportIndex, batch_order, fmt_count, fmt_values
+from common.stages.loop import RunContext, compressed_size, predict_validation
+from common.stages.registry import MetricFactory, RowSink, Stage, StageType, register
+
+
+@dataclass(frozen=True)
+class ExportStage:
+    name: str
+    models: tuple[str, ...] = field(metadata={"nonempty": True})
+    measure: MeasureConfig = MeasureConfig()
+
+    def outputs(self) -> tuple[str, ...]:
+        return ()
+
+    def inputs(self) -> tuple[str, ...]:
+        return self.models
+
+    def derived_from(self) -> dict[str, str]:
+        return {}
+
+
+def run_export(ctx: RunContext, stage: Stage) -> dict[str, Any]:
+    """Export each model and measure the artifact itself: size on disk, params/MACs, accuracy, latency."""
+    cfg: ExportStage = stage.config
+    size = ctx.recipe.data.image_size
+    out = {}
+    for slot in cfg.models:
+        model = ctx.models[slot]
+        artifact = ctx.backend.export(model, ctx.stream.val_images(2), ctx.out_dir / "artifacts" / slot)
+        stats = ctx.backend.artifact_stats(artifact, (1, 3, size, size))
+        named = name_artifact_layers(stats["sparsity"]["layers"], ctx.backend.prunable(model))
+        if named:
+            stats["sparsity"]["layers"] = named
+        pruned = sorted(ctx.backend.get_masks(model))
+        stats["sparsity"]["pruned_layers"] = pruned_layer_sparsity(named, pruned) if pruned else None
+        predict = ctx.backend.load_artifact(artifact, ctx.threads)
+        probe = ctx.stream.val_images(ctx.recipe.parity.probe_batch)
+        agreement = logit_difference(ctx.backend.predict(model, probe), predict(probe))
+        acc = classification_metrics(*predict_validation(predict, ctx.stream))
+        latency = {}
+        for bs in cfg.measure.batch_sizes:
+            x = ctx.stream.val_images(bs)
+            ctx.progress.say(f"{stage.name}: {slot} latency at batch {bs} ({cfg.measure.warmup} warm-up, "
+                             f"{cfg.measure.repeats} timed)")
+            latency[str(bs)] = latency_summary(time_calls(lambda: predict(x), cfg.measure.warmup,
+                                                          cfg.measure.repeats))
+        rec = {"format": artifact.format, "files": [str(f.relative_to(ctx.out_dir)) for f in artifact.files],
+               "size_bytes": artifact.size_bytes, "size_mb": artifact.size_bytes / 1e6, **stats,
+               # Dense kernels store zeros like any other value: sparsity only shrinks a compressed file.
+               "compressed_bytes": compressed_size(artifact.files) if stats["sparsity"]["overall"] > 0.01 else None,
+               "runtime": ctx.backend.runtime_name(), "threads": ctx.threads,
+               "artifact_vs_model": agreement, "artifact_top1": acc["top1"], "latency": latency}
+        out[slot] = rec
+        b1 = latency[str(cfg.measure.batch_sizes[0])]
+        ctx.progress.say(f"{stage.name}: {slot} {rec['size_mb']:.2f} MB, {stats['macs'] / 1e6:.1f} MMACs, "
+                         f"artifact top1 {acc['top1'] * 100:.2f}%, batch {cfg.measure.batch_sizes[0]} "
+                         f"p50 {b1['p50_ms']:.2f} ms")
+    return {"models": out}
+
+
+def deployment_runtimes(ix: ReportIndex) -> dict[str, tuple[str, str]]:
+    """backend -> (runtime, artifact format) of its first exported model."""
+    out = {}
+    for b in ix.backends:
+        for _, st in ix.stage_records(b, "export"):
+            for rec in st["models"].values():
+                out.setdefault(b, (rec["runtime"], rec["format"]))
+    return out
+
+
+def artifacts_section(ix: ReportIndex) -> str:
+    rows = []
+    # Export stages may measure different batch sizes: one column per size any of them measured.
+    batch_sizes = sorted({bs for b in ix.backends for _, st in ix.stage_records(b, "export")
+                          for m in st["models"].values() for bs in m["latency"]}, key=batch_order)
+    for b in ix.backends:
+        slots: list[str] = []
+        for _, st in ix.stage_records(b, "export"):
+            slots += [s for s in st["models"] if s not in slots]
+        for slot in slots:
+            recs = [st["models"][slot] for _, st in ix.stage_records(b, "export") if slot in st["models"]]
+            lat_cells = []
+            for bs in batch_sizes:
+                p50 = [r["latency"][bs]["p50_ms"] for r in recs if bs in r["latency"]]
+                p90 = [r["latency"][bs]["p90_ms"] for r in recs if bs in r["latency"]]
+                lat_cells.append(f"{fmt_values(p50)} / {fmt_values(p90)}" if p50 else "–")
+            rows.append([f"`{slot}`", title(b), fmt_count(recs[0]["params"]), fmt_count(recs[0]["macs"]),
+                         fmt_values([r["size_mb"] for r in recs]),
+                         fmt_values([r["artifact_top1"] for r in recs], 100, unit="%")] + lat_cells)
+    out = ["## Exported artifacts (measured from the files on disk)\n\n",
+           table(["model", "backend", "params", "MACs", "file MB", "artifact top-1"]
+                 + [f"batch {bs} latency p50 / p90 ms" for bs in batch_sizes], rows)]
+    runtimes = deployment_runtimes(ix)
+    if runtimes:
+        out.append("\n" + "".join(f"- {title(b)}: artifact {fmt}; latency on {rt}.\n"
+                                  for b, (rt, fmt) in runtimes.items()))
+    out.append("\nParams and MACs are counted from the exported artifact (conv and matmul ops). Latency uses the "
+               "same inputs, warm-up, repeats and thread count on both backends.\n\n")
+    return "".join(out)
+
+
+class Export(StageType):
+    name, config = "export", ExportStage
+
+    def run(self, ctx: RunContext, stage: Stage) -> dict[str, Any]:
+        return run_export(ctx, stage)
+
+    def metrics(self, metric: MetricFactory, backend: str, seed: int, result: dict, record: dict) -> None:
+        for slot, m in record["models"].items():
+            metric("size", f"file `{slot}`", " MB", False).add(backend, seed, m["size_mb"])
+            for bs, lat in m["latency"].items():
+                metric("latency", f"batch {bs} p50 `{slot}`", " ms", False).add(backend, seed, lat["p50_ms"])
+
+    def csv_rows(self, add: RowSink, result: dict, record: dict) -> None:
+        for slot, m in record["models"].items():
+            for k in ("size_bytes", "params", "macs", "flops", "artifact_top1"):
+                add(result, record["name"], slot, k, m[k])
+            for bs, lat in m["latency"].items():
+                for k in ("p50_ms", "p90_ms"):
+                    add(result, record["name"], slot, f"latency_b{bs}_{k}", lat[k])
+
+    def section(self, ix: ReportIndex, run_dir: Path, meta: dict) -> str:
+        return artifacts_section(ix)
+
+
+register(Export())

@@ -1,0 +1,334 @@
+"""The `quantize` stage: fp32 model -> int8 artifact on each backend's deployment runtime, measured against
+the fp32 artifact of the same weights with the same inputs, warm-up, repeats and threads; its report part is
+the Quantization section and the int8-vs-fp32 figure.
+
+Which tool does the work (torch.ao FX on fbgemm, PaddleSlim) is the backend's business; what is
+calibrated on, how long QAT trains, and how the two artifacts are compared is decided here, once.
+"""
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from backends.base import ExportedArtifact, QuantizedModel
+from common.backend_names import color, title
+from common.config import MeasureConfig, OptimizerConfig, ScheduleConfig
+from common.errors import RecipeError
+from common.markdown_table import table
+from common.metrics import classification_metrics, latency_summary, paired_predictions, time_alternating
+from common.report_index import ReportIndex, batch_order
+from common.schema import bounds
+from common.stages.loop import RunContext, fit, predict_validation, start_from_reference
+from common.stages.registry import MetricFactory, RowSink, SlotState, Stage, StageType, register
+
+
+@dataclass(frozen=True)
+class QuantizeStage:
+    """int8 quantization of a trained model into a new slot (default `<model>_int8`), exported and measured
+    against the fp32 model with the same inputs, warm-up, repeats and threads.
+
+    `ptq_static`: observers calibrated on `calibration_batches` batches of the shared training stream.
+    `dynamic`: Linear weights int8, activations quantized at run time (CNNs gain little: only the head is Linear).
+    `qat`: fake-quant fine-tuning for `epochs` under `optimizer`/`schedule`, then conversion.
+    """
+    name: str
+    model: str
+    output: str | None = None
+    mode: Literal["ptq_static", "dynamic", "qat"] = "ptq_static"
+    # How activation ranges are estimated (ptq_static): named the same on both backends; each backend
+    # records which of its observers/algorithms realises it.
+    calibration: Literal["histogram", "minmax", "moving_average"] = "histogram"
+    calibration_batches: int = field(default=8, metadata=bounds(gt=0))
+    per_channel_weights: bool = True
+    # Quantize the reference framework's trained weights on every backend (as prune does), so the two
+    # toolchains quantize the same fp32 model; false: each quantizes the model it trained itself.
+    start_from_reference: bool = True
+    epochs: int = field(default=1, metadata=bounds(gt=0))  # qat only
+    optimizer: OptimizerConfig = OptimizerConfig(name="sgd", lr=0.001, weight_decay=0.0)  # qat only
+    schedule: ScheduleConfig = ScheduleConfig()  # qat only
+    measure: MeasureConfig = MeasureConfig()
+
+    def outputs(self) -> tuple[str, ...]:
+        return (self.output or f"{self.model}_int8",)
+
+    def inputs(self) -> tuple[str, ...]:
+        return (self.model,)
+
+    def derived_from(self) -> dict[str, str]:
+        return {self.outputs()[0]: self.model}
+
+
+
+
+def calibration_batches(ctx: RunContext, n: int) -> list[np.ndarray]:
+    """The first `n` batches of the shared training stream (epoch 0, then 1, ...): identical on both backends."""
+    out: list[np.ndarray] = []
+    epoch = 0
+    while len(out) < n:
+        for x, _ in ctx.stream.train_epoch(epoch):
+            out.append(x)
+            if len(out) == n:
+                break
+        epoch += 1
+    return out
+
+
+def _artifact_record(artifact: ExportedArtifact, root: Path) -> dict[str, Any]:
+    return {"format": artifact.format, "files": [str(f.relative_to(root)) for f in artifact.files],
+            "entry": str(artifact.entry.relative_to(root)), "extra": artifact.extra,
+            "size_bytes": artifact.size_bytes, "size_mb": artifact.size_bytes / 1e6}
+
+
+def artifact_from_record(rec: dict[str, Any], root: Path) -> ExportedArtifact:
+    """The int8 artifact a finished quantize stage recorded (resume reopens it instead of re-quantizing)."""
+    return ExportedArtifact(format=rec["format"], files=[root / f for f in rec["files"]], entry=root / rec["entry"],
+                            extra=dict(rec.get("extra", {})))
+
+
+def run_quantize(ctx: RunContext, stage: Stage) -> dict[str, Any]:
+    cfg: QuantizeStage = stage.config
+    out = cfg.outputs()[0]
+    work = ctx.output_model(cfg.model, out)  # an fp32 copy: the input slot stays the fp32 parent
+    start = start_from_reference(ctx, stage, work) if cfg.start_from_reference else "own trained weights"
+    example = ctx.stream.val_images(2)
+    art_dir = ctx.out_dir / "artifacts" / out
+    lowering = ctx.backend.quantization_lowering(cfg)
+    ctx.progress.say(f"{stage.name}: {cfg.mode} of '{cfg.model}' with {lowering['tool']}")
+    fp32_artifact = ctx.backend.export(work, example, art_dir / "fp32")
+    record: dict[str, Any] = {"model": out, "source": cfg.model, "mode": cfg.mode, "start_weights": start,
+                              "per_channel_weights": cfg.per_channel_weights, "lowering": lowering}
+    t0 = time.perf_counter()
+    if cfg.mode == "ptq_static":
+        calib = calibration_batches(ctx, cfg.calibration_batches)
+        record.update(calibration=cfg.calibration, calibration_batches=len(calib),
+                      calibration_samples=int(sum(len(b) for b in calib)))
+        qm = ctx.backend.quantize_static(work, cfg, calib, example, fp32_artifact, art_dir / "int8", ctx.threads)
+    elif cfg.mode == "dynamic":
+        qm = ctx.backend.quantize_dynamic(work, cfg, example, art_dir / "int8", ctx.threads)
+    else:
+        prepared = ctx.backend.prepare_qat(work, cfg, example)
+        ctx.models[out] = prepared
+        runner = ctx.backend.trainer(prepared, cfg.optimizer)
+        record["qat"] = fit(ctx, stage, runner, prepared, cfg.epochs, cfg.optimizer, cfg.schedule)
+        qm = ctx.backend.convert_qat(prepared, cfg, example, art_dir / "int8", ctx.threads)
+    record["quantize_time_s"] = time.perf_counter() - t0
+    ctx.models[out] = qm
+    record.update(measure_pair(ctx, stage, fp32_artifact, qm))
+    return record
+
+
+def measure_pair(ctx: RunContext, stage: Stage, fp32_artifact: ExportedArtifact, qm: QuantizedModel) -> dict[str, Any]:
+    """Accuracy, per-sample agreement, size and latency of the int8 artifact next to its fp32 artifact."""
+    cfg: QuantizeStage = stage.config
+    fp32_predict = ctx.backend.load_artifact(fp32_artifact, ctx.threads)
+    fp32_logits, labels = predict_validation(fp32_predict, ctx.stream)
+    int8_logits, _ = predict_validation(qm.predict, ctx.stream)
+    fp32_acc, int8_acc = classification_metrics(fp32_logits, labels), classification_metrics(int8_logits, labels)
+    pred_fp32, pred_int8 = fp32_logits.argmax(1), int8_logits.argmax(1)
+    pairs = paired_predictions(pred_fp32, pred_int8, labels)
+    pred_dir = ctx.out_dir / "predictions"
+    pred_dir.mkdir(parents=True, exist_ok=True)
+    pred_path = pred_dir / f"{stage.name}__{cfg.outputs()[0]}.npz"
+    np.savez_compressed(pred_path, pred_fp32=pred_fp32.astype(np.int16), pred_int8=pred_int8.astype(np.int16),
+                        label=labels.astype(np.int16))
+    fp32_lat, int8_lat, speedup = {}, {}, {}
+    for bs in cfg.measure.batch_sizes:
+        x = ctx.stream.val_images(bs)
+        ctx.progress.say(f"{stage.name}: fp32 and int8 latency at batch {bs}, alternating "
+                         f"({cfg.measure.warmup} warm-up, {cfg.measure.repeats} timed each)")
+        times = time_alternating({"fp32": lambda: fp32_predict(x), "int8": lambda: qm.predict(x)},
+                                 cfg.measure.warmup, cfg.measure.repeats)
+        fp32_lat[str(bs)], int8_lat[str(bs)] = latency_summary(times["fp32"]), latency_summary(times["int8"])
+        speedup[str(bs)] = fp32_lat[str(bs)]["p50_ms"] / int8_lat[str(bs)]["p50_ms"]
+    root = ctx.out_dir
+    fp32_rec = {**_artifact_record(fp32_artifact, root), "runtime": ctx.backend.runtime_name(), **fp32_acc,
+                "latency": fp32_lat}
+    int8_rec = {**_artifact_record(qm.artifact, root), "runtime": qm.info["runtime"], "engine": qm.info["engine"],
+                **int8_acc, "latency": int8_lat}
+    size_ratio = int8_rec["size_bytes"] / fp32_rec["size_bytes"]
+    b1 = str(cfg.measure.batch_sizes[0])
+    ctx.progress.say(f"{stage.name}: int8 {int8_rec['size_mb']:.2f} MB ({size_ratio * 100:.0f}% of fp32), top1 "
+                     f"{fp32_acc['top1'] * 100:.2f}% -> {int8_acc['top1'] * 100:.2f}%, same prediction on "
+                     f"{pairs['agreement'] * 100:.1f}% of samples, batch {b1} p50 {fp32_lat[b1]['p50_ms']:.2f} -> "
+                     f"{int8_lat[b1]['p50_ms']:.2f} ms ({speedup[b1]:.2f}x)")
+    return {"fp32": fp32_rec, "int8": int8_rec, "size_ratio": size_ratio, "accuracy_drop": -pairs["diff"],
+            "accuracy_drop_ci95": [-pairs["diff_ci95"][1], -pairs["diff_ci95"][0]], "comparison": pairs,
+            "speedup": speedup, "latency_ratio": {k: 1 / v for k, v in speedup.items()}, "threads": ctx.threads,
+            "predictions": str(pred_path.relative_to(root)),
+            "framework_warnings": qm.info.get("framework_warnings", [])}
+
+
+def quantization_section(ix: ReportIndex) -> str:
+    """int8 artifact next to the fp32 artifact of the same weights, per backend and seed."""
+    rows, lowerings, starts, warned = [], {}, set(), {}
+    batch_sizes = sorted({bs for b in ix.backends for _, st in ix.stage_records(b, "quantize")
+                          for bs in st["fp32"]["latency"]}, key=batch_order)
+    for b in ix.backends:
+        for seed, st in ix.stage_records(b, "quantize"):
+            fp, q = st["fp32"], st["int8"]
+            lo, hi = st["accuracy_drop_ci95"]
+            cmp = st["comparison"]
+            calib = (f"{st['calibration']}, {st['calibration_batches']} batches" if st["mode"] == "ptq_static"
+                     else f"{st['qat']['epochs']} epoch(s)" if st.get("qat") else "–")
+            lat = [f"{fp['latency'][bs]['p50_ms']:.2f} → {q['latency'][bs]['p50_ms']:.2f} "
+                   f"(×{q['latency'][bs]['p50_ms'] / fp['latency'][bs]['p50_ms']:.2f})"
+                   if bs in fp["latency"] and bs in q["latency"] else "–" for bs in batch_sizes]
+            rows.append([f"`{st['name']}`", title(b), str(seed), f"{st['mode']} ({calib})",
+                         f"{fp['size_mb']:.2f} → {q['size_mb']:.2f} ({st['size_ratio'] * 100:.0f}%)",
+                         f"{fp['top1'] * 100:.2f}% → {q['top1'] * 100:.2f}%",
+                         f"{st['accuracy_drop'] * 100 + 0.0:+.2f} [{lo * 100 + 0.0:+.2f}, {hi * 100 + 0.0:+.2f}]",
+                         f"{cmp['agreement'] * 100:.1f}%", f"{cmp['mcnemar_p']:.3g}"] + lat)
+            lowerings[b] = st["lowering"]
+            starts.add(f"{title(b)}: {st['start_weights']}")
+            warned.setdefault(b, set()).update(st.get("framework_warnings", []))
+    if not rows:
+        return ""
+    out = ["## Quantization (int8 file vs the fp32 file of the same weights)\n\n",
+           table(["stage", "backend", "seed", "mode", "file MB fp32 → int8", "top-1 fp32 → int8",
+                   "drop, pts [95% CI]", "same prediction", "McNemar p"]
+                  + [f"batch {bs} p50 ms fp32 → int8 (ratio)" for bs in batch_sizes], rows), "\n"]
+    for b, lw in lowerings.items():
+        out.append(f"- {title(b)}: {lw['tool']}; weights {lw['weights']}; activations "
+                   f"{lw['activations']}; calibration {lw['calibration']}; int8 runtime {lw['runtime']}.\n")
+    out.append("- Quantization started from " + "; ".join(sorted(starts)) + ".\n")
+    out.append("- Both files are measured with the same inputs, warm-up, repeats and threads, timed in alternation "
+               "(fp32, int8, fp32, ...); the drop is fp32 top-1 minus int8 top-1 on the validation split with a "
+               "95% interval over the paired per-sample differences; McNemar's exact test asks whether the samples "
+               "only one of the two gets right are lopsided.\n")
+    if len({lw["activations"] for lw in lowerings.values()}) > 1:
+        out.append("- The activation schemes differ between the frameworks (see above): each uses its own int8 "
+                   "kernels' native scheme.\n")
+    for b, msgs in warned.items():
+        if msgs:
+            out.append(f"- {title(b)} warned: " + "; ".join(f"\"{m}\"" for m in sorted(msgs)) + "\n")
+    out.append("\n")
+    return "".join(out)
+
+
+def quantization_figure(results: list[dict], backends: list[str]) -> Any:
+    """int8 against fp32 per framework: file size, top-1, batch-1 latency (mean over seeds, error bar = std)."""
+    from common.report_plots import Figure, plt, png
+    vals: dict[tuple[str, str, str], list[float]] = defaultdict(list)
+    for r in results:
+        for st in r.get("stages", []):
+            if st.get("status") == "ok" and st["type"] == "quantize":
+                for kind in ("fp32", "int8"):
+                    rec = st[kind]
+                    bs = next(iter(rec["latency"]))
+                    vals[(r["backend"], kind, "size")].append(rec["size_mb"])
+                    vals[(r["backend"], kind, "top1")].append(rec["top1"] * 100)
+                    vals[(r["backend"], kind, "lat")].append(rec["latency"][bs]["p50_ms"])
+    if not vals:
+        return None
+    present = [b for b in backends if (b, "fp32", "size") in vals]
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.4))
+    width = 0.38
+    for ax, (key, label) in zip(axes, (("size", "file MB"), ("top1", "top-1 (%)"), ("lat", "batch-1 p50 ms"))):
+        x = np.arange(len(present))
+        for k, (kind, hatch) in enumerate((("fp32", ""), ("int8", "//"))):
+            means = [np.mean(vals[(b, kind, key)]) for b in present]
+            stds = [np.std(vals[(b, kind, key)], ddof=1) if len(vals[(b, kind, key)]) > 1 else 0 for b in present]
+            bars = ax.bar(x + (k - 0.5) * width, means, width, yerr=stds, capsize=3, label=kind, hatch=hatch,
+                          color=[color(b) for b in present], alpha=0.55 if kind == "fp32" else 0.95,
+                          edgecolor="black", linewidth=0.6)
+            ax.bar_label(bars, fmt="%.1f" if key != "lat" else "%.2f", fontsize=7, padding=2)
+        ax.set_xticks(x, [title(b) for b in present])
+        ax.set_title(label, fontsize=10)
+        ax.grid(True, axis="y", alpha=0.3)
+        ax.margins(y=0.15)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    return Figure("int8_vs_fp32", "int8 vs fp32",
+                  "The int8 file against the fp32 file of the same weights, on each framework's deployment runtime.",
+                  png(fig))
+
+
+class Quantize(StageType):
+    name, config = "quantize", QuantizeStage
+
+    def check(self, cfg: QuantizeStage, state: SlotState, source: str, path: str) -> None:
+        if cfg.model not in state.trained:
+            raise RecipeError(source, f"{path}.model", "a model trained by an earlier train/distill stage (or "
+                              "pruned from one): quantizing untrained weights gives meaningless int8 outputs",
+                              f"{cfg.model} (initial weights)")
+        if cfg.mode == "qat" and cfg.model in state.masked:
+            raise RecipeError(source, f"{path}.mode", "'ptq_static' for a magnitude-pruned model: fake-quant "
+                              "training would regrow the pruned weights", cfg.mode)
+
+    def update(self, cfg: QuantizeStage, state: SlotState) -> None:
+        super().update(cfg, state)
+        state.int8.update(cfg.outputs())
+
+    def run(self, ctx: RunContext, stage: Stage) -> dict[str, Any]:
+        return run_quantize(ctx, stage)
+
+    def reopen(self, ctx: RunContext, stage: Stage, record: dict, out_dir: Path) -> bool:
+        """An int8 slot is its artifact: reopen it instead of re-quantizing."""
+        for dst, src in stage.config.derived_from().items():
+            ctx.models[dst] = ctx.backend.load_quantized(artifact_from_record(record["int8"], out_dir), ctx.threads)
+            ctx.model_cfgs[dst] = ctx.model_cfgs[src]
+        return True
+
+    def metrics(self, metric: MetricFactory, backend: str, seed: int, result: dict, record: dict) -> None:
+        # The int8 slot is measured here (it cannot be exported again); the fp32 file of the same weights
+        # only counts where no export stage measured that slot.
+        for kind, slot in (("int8", record["model"]), ("fp32", record["source"])):
+            rec = record[kind]
+            if kind == "fp32" and any(s2["type"] == "export" and slot in s2.get("models", {})
+                                      for s2 in result["stages"]):
+                continue
+            metric("accuracy", f"top-1 `{slot}`", "%", True, 100).add(backend, seed, rec["top1"])
+            metric("size", f"file `{slot}`", " MB", False).add(backend, seed, rec["size_mb"])
+            for bs, lat in rec["latency"].items():
+                metric("latency", f"batch {bs} p50 `{slot}`", " ms", False).add(backend, seed, lat["p50_ms"])
+        if record.get("qat"):
+            metric("training time", f"`{record['name']}` QAT ({record['qat']['steps']} steps)", " s", False,
+                   digits=1).add(backend, seed, record["qat"]["train_time_s"])
+
+    def csv_rows(self, add: RowSink, result: dict, record: dict) -> None:
+        name, model = record["name"], record["model"]
+        for kind in ("fp32", "int8"):
+            add(result, name, model, f"{kind}_size_bytes", record[kind]["size_bytes"])
+            add(result, name, model, f"{kind}_top1", record[kind]["top1"])
+            for bs, lat in record[kind]["latency"].items():
+                add(result, name, model, f"{kind}_latency_b{bs}_p50_ms", lat["p50_ms"])
+        for k in ("size_ratio", "accuracy_drop", "quantize_time_s"):
+            add(result, name, model, k, record[k])
+        add(result, name, model, "prediction_agreement", record["comparison"]["agreement"])
+        for bs, v in record["speedup"].items():
+            add(result, name, model, f"speedup_b{bs}", v)
+        if record.get("qat"):
+            for k in ("train_time_s", "time_per_step_s"):
+                add(result, name, model, k, record["qat"][k])
+
+    def training_runs(self, record: dict) -> list[tuple[str, dict]]:
+        if not record.get("qat"):  # QAT fine-tuning is training too
+            return []
+        return [(f"{record['name']} (QAT)", {"model": record["model"], **record["qat"]})]
+
+    def histories(self, record: dict) -> list[list[dict]]:
+        hist = record.get("history") or (record.get("qat") or {}).get("history")
+        return [hist] if hist else []
+
+    def section(self, ix: ReportIndex, run_dir: Path, meta: dict) -> str:
+        return quantization_section(ix)
+
+    def parent_rows(self, ix: ReportIndex, run_dir: Path, backend: str) -> list[list[Any]]:
+        return [[title(backend), str(seed), f"`{st['source']}` → `{st['model']}`", f"int8 {st['mode']}",
+                 st["comparison"]] for seed, st in ix.stage_records(backend, "quantize")]
+
+    def figures(self, results: list[dict], backends: list[str]) -> list[Any]:
+        fig = quantization_figure(results, backends)
+        return [fig] if fig else []
+
+    def how_note(self, who: str, record: dict) -> str | None:
+        lw = record["lowering"]
+        return f"{who}, `{record['name']}` ({record['mode']}): {lw['tool']}; runs on {lw['runtime']}"
+
+
+register(Quantize())

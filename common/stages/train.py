@@ -1,0 +1,63 @@
+"""The `train` stage: cross-entropy training of one model slot in the shared loop (common/stages/loop.py)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from common.config import OptimizerConfig, ScheduleConfig
+from common.schema import bounds
+from common.stages.loop import RunContext, fit
+from common.stages.registry import MetricFactory, OneModelSlots, RowSink, SlotState, Stage, StageType, register
+
+
+@dataclass(frozen=True)
+class TrainStage(OneModelSlots):
+    name: str
+    model: str
+    output: str | None = None
+    epochs: int = field(default=1, metadata=bounds(gt=0))
+    optimizer: OptimizerConfig = OptimizerConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    # Recompute BN running statistics over this many training batches after the last epoch ("precise BN").
+    bn_recalibration_batches: int = field(default=0, metadata=bounds(ge=0))
+
+
+def training_csv_rows(add: RowSink, result: dict, record: dict) -> None:
+    """The rows every training stage (train, distill) records: times, steps and the last epoch's metrics."""
+    for k in ("train_time_s", "time_per_step_s", "epochs", "steps"):
+        add(result, record["name"], record["model"], k, record.get(k))
+    for k, v in (record.get("final") or {}).items():
+        add(result, record["name"], record["model"], f"final_{k}", v)
+
+
+def training_time_metric(metric: MetricFactory, backend: str, seed: int, record: dict) -> None:
+    metric("training time", f"`{record['name']}` ({record['steps']} steps)", " s", False, digits=1).add(
+        backend, seed, record["train_time_s"])
+
+
+class Train(StageType):
+    name, config = "train", TrainStage
+
+    def update(self, cfg: TrainStage, state: SlotState) -> None:
+        super().update(cfg, state)
+        state.trained.update(cfg.outputs())
+
+    def run(self, ctx: RunContext, stage: Stage) -> dict[str, Any]:
+        cfg: TrainStage = stage.config
+        out = cfg.output or cfg.model
+        model = ctx.output_model(cfg.model, out)
+        runner = ctx.backend.trainer(model, cfg.optimizer)
+        return {"model": out, **fit(ctx, stage, runner, model, cfg.epochs, cfg.optimizer, cfg.schedule,
+                                     cfg.bn_recalibration_batches)}
+
+    def metrics(self, metric: MetricFactory, backend: str, seed: int, result: dict, record: dict) -> None:
+        training_time_metric(metric, backend, seed, record)
+
+    def csv_rows(self, add: RowSink, result: dict, record: dict) -> None:
+        training_csv_rows(add, result, record)
+
+    def training_runs(self, record: dict) -> list[tuple[str, dict]]:
+        return [(record["name"], record)]
+
+
+register(Train())
