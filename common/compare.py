@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from common.decision import collect_metrics, fmt_difference, title
+from common.backend_names import ordered, title
+from common.decision import collect_metrics, fmt_difference
 from common.errors import SlimbenchError
 from common.markdown_table import table
 from common.recipe import recipe_digest
@@ -54,7 +55,7 @@ def compare_runs(run_a: Path, run_b: Path) -> str:
                                                        "commit).\n", "\n"]
     ma = {(m.group, m.what): m for m in collect_metrics(ra)}
     mb = {(m.group, m.what): m for m in collect_metrics(rb)}
-    backends = sorted({r["backend"] for r in ra + rb}, key=lambda b: (b != "torch", b))
+    backends = ordered(r["backend"] for r in ra + rb)
     rows = []
     for key in list(ma) + [k for k in mb if k not in ma]:
         m_a, m_b = ma.get(key), mb.get(key)

@@ -66,16 +66,31 @@ def collect_metrics(results: list[dict]) -> list[Metric]:
 
 @dataclass(frozen=True)
 class Verdict:
-    ahead: str | None  # backend name, None for a tie or no comparison
+    ahead: str | None  # backend name, None for a tie, no comparison or a withheld verdict
     relative: float | None  # |difference| / the other backend's mean
     difference: PairedDifference | None
     text: str
+    withheld: str | None = None  # why the numbers cannot carry a verdict (common/validity.py)
 
 
-def verdict(m: Metric, a: str, b: str) -> Verdict:
-    """Who is ahead on `m`, by how much, and how sure we are."""
+# metric -> why its row gets no verdict (None: it may have one)
+Blocker = Callable[["Metric"], "str | None"]
+
+
+def subject(m: Metric) -> str | None:
+    """The model slot (or, for training time, the stage) a metric is about: the name in its backticks."""
+    parts = m.what.split("`")
+    return parts[1] if len(parts) >= 3 else None
+
+
+def verdict(m: Metric, a: str, b: str, blocked: Blocker = lambda m: None) -> Verdict:
+    """Who is ahead on `m`, by how much, and how sure we are; 'no verdict' with the reason where the numbers
+    cannot carry one."""
     d = m.difference(a, b)
     sa, sb = m.summary(a), m.summary(b)
+    reason = blocked(m)
+    if reason:
+        return Verdict(None, None, d, f"no verdict: {reason}", withheld=reason)
     if d is None or sa is None or sb is None:
         missing = [title(x) for x, s in ((a, sa), (b, sb)) if s is None]
         return Verdict(None, None, d, "no result from " + " and ".join(missing) if missing else "no common seed")
@@ -100,12 +115,13 @@ def verdict(m: Metric, a: str, b: str) -> Verdict:
     return Verdict(ahead, rel, d, f"**{title(ahead)}**, {by} ({sure})")
 
 
-def headline(metrics: list[Metric], a: str, b: str) -> list[str]:
+def headline(metrics: list[Metric], a: str, b: str, blocked: Blocker = lambda m: None) -> list[str]:
     """One line per group: how many comparisons each framework leads, and how many of those leads are
-    significant over the seeds (or untested with one seed)."""
+    significant over the seeds (or untested with one seed); rows without a verdict are counted apart."""
     lines = []
     for group in dict.fromkeys(m.group for m in metrics):
-        verdicts = [verdict(m, a, b) for m in metrics if m.group == group]
+        every = [verdict(m, a, b, blocked) for m in metrics if m.group == group]
+        verdicts = [v for v in every if v.withheld is None]
         parts = []
         for who in (a, b):
             won = [v for v in verdicts if v.ahead == who]
@@ -118,7 +134,10 @@ def headline(metrics: list[Metric], a: str, b: str) -> list[str]:
         ties = sum(1 for v in verdicts if v.ahead is None)
         if ties:
             parts.append(f"{ties} tie(s) or not comparable")
-        n = len(verdicts)
+        withheld = len(every) - len(verdicts)
+        if withheld:
+            parts.append(f"{withheld} without verdict (see the validity checks)")
+        n = len(every)
         lines.append(f"**{group}** ({n} comparison{'s' if n != 1 else ''}): " + "; ".join(parts))
     return lines
 
@@ -133,20 +152,20 @@ def fmt_difference(m: Metric, d: PairedDifference | None) -> str:
     return s
 
 
-def decision_rows(metrics: list[Metric], a: str, b: str,
-                  keep: Callable[[Metric], bool] = lambda m: True) -> list[list[str]]:
+def decision_rows(metrics: list[Metric], a: str, b: str, keep: Callable[[Metric], bool] = lambda m: True,
+                  blocked: Blocker = lambda m: None) -> list[list[str]]:
     rows = []
     for m in metrics:
         if not keep(m):
             continue
-        v = verdict(m, a, b)
+        v = verdict(m, a, b, blocked)
         unit = "pts" if m.unit == "%" else m.unit.strip()
         rows.append([m.group, m.what, m.fmt_summary(m.summary(a)), m.fmt_summary(m.summary(b)),
                      fmt_difference(m, v.difference) + (f" {unit}" if v.difference else ""), v.text])
     return rows
 
 
-def summary_records(metrics: list[Metric], backends: list[str]) -> list[dict]:
+def summary_records(metrics: list[Metric], backends: list[str], blocked: Blocker = lambda m: None) -> list[dict]:
     """Machine-readable decision summary: per metric, each backend's seed statistics and the paired difference
     of each other backend against the first with its 95% interval. Values in the metric's own units
     (accuracy as a fraction, sizes in MB, latency in ms, times in s)."""
@@ -165,10 +184,11 @@ def summary_records(metrics: list[Metric], backends: list[str]) -> list[dict]:
         diffs = {}
         for other in backends[1:]:
             d = m.difference(backends[0], other)
-            v = verdict(m, backends[0], other)
+            v = verdict(m, backends[0], other, blocked)
             diffs[other] = None if d is None else {
                 "of": f"{other} - {backends[0]}", "n": d.n, "mean": d.mean, "std": d.std,
-                "ci95": list(d.ci95) if d.ci95 else None, "significant": d.significant, "ahead": v.ahead}
+                "ci95": list(d.ci95) if d.ci95 else None, "significant": d.significant, "ahead": v.ahead,
+                "no_verdict": v.withheld}
         if len(backends) == 2:
             rec["difference"] = diffs[backends[1]]
         elif len(backends) > 2:

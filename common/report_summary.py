@@ -7,13 +7,13 @@ from collections import defaultdict
 from typing import Any
 
 from common.backend_names import title
-from common.decision import collect_metrics, decision_rows, headline
+from common.decision import Blocker, collect_metrics, decision_rows, headline
 from common.stages.registry import stage_type
 from common.markdown_table import table
 from common.recipe import recipe_digest
 
 
-def decision_section(results: list[dict], backends: list[str]) -> str:
+def decision_section(results: list[dict], backends: list[str], blocked: Blocker = lambda m: None) -> str:
     """Per stage and metric: the reference framework and each other one (mean ± std over seeds), the paired
     difference with its 95% interval, and who is ahead; then what each backend did natively and what needed a
     workaround. With more than two backends, one comparison per other backend against the first."""
@@ -30,9 +30,9 @@ def decision_section(results: list[dict], backends: list[str]) -> str:
                 "its 95% Student-t interval; *significant* means the interval excludes zero. Accuracy in % "
                 "(difference in points), sizes from the files on disk, latency on each framework's deployment "
                 "runtime.\n\n",
-                *(f"- {line}\n" for line in headline(metrics, a, b)), "\n",
+                *(f"- {line}\n" for line in headline(metrics, a, b, blocked)), "\n",
                 table(["", "what", title(a), title(b), "difference [95% CI]", "ahead"],
-                      decision_rows(metrics, a, b)), "\n"]
+                      decision_rows(metrics, a, b, blocked=blocked)), "\n"]
     notes = capability_notes(results, backends)
     settings = _settings_note(results)
     if notes or settings:

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from common.backend_names import order_key
 from common.errors import RunFilesError
 
 SCHEMA_VERSION = 1
@@ -150,14 +151,14 @@ def check_result(data: dict, path: Path) -> None:
 
 
 def load_results(run_dir: Path) -> list[dict]:
-    """Every result.json of a run: PyTorch first (the reference), then other backends, each by seed."""
+    """Every result.json of a run in backend order (common/backend_names), each by seed."""
     results = []
     for path in sorted(run_dir.glob("*/seed-*/result.json")):
         data = read_json(path)
         check_result(data, path)
         data["_path"] = str(path)
         results.append(data)
-    return sorted(results, key=lambda r: (r["backend"] != "torch", r["backend"], r["seed"]))
+    return sorted(results, key=lambda r: (order_key(r["backend"]), r["seed"]))
 
 
 def check_publish_target(run_dir: Path, out_dir: Path) -> None:

@@ -14,6 +14,8 @@ from common.schema import bounds
 from common.stages.loop import RunContext, fit
 from common.stages.registry import MetricFactory, RowSink, SlotState, Stage, StageType, register
 from common.stages.train import training_csv_rows, training_time_metric
+from common.stats import paired_difference
+from common.validity import blocking_reason, check_run, lineage
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,37 @@ def kd_pairs(run_meta: dict) -> list[tuple[str, str, str]]:
     return pairs
 
 
+def _teacher_of(meta: dict, stage: str) -> str:
+    for item in meta.get("recipe", {}).get("stages", []):
+        (stype, cfg), = item.items()
+        if stype == "distill" and cfg.get("name") == stage:
+            return cfg.get("teacher", "")
+    return ""
+
+
+def _top1_by_seed(ix: ReportIndex, backend: str, slot: str) -> dict[int, float]:
+    return {seed: st["models"][slot]["top1"] for seed, st in ix.stage_records(backend, "evaluate")
+            if slot in st["models"]}
+
+
+def _kd_verdict(d: Any, by_seed: dict[str, dict[int, float]], base: str, teacher: str, findings: list,
+                family: dict[str, set[str]]) -> str:
+    """Does distillation help on this backend? Only where the numbers can say so."""
+    for slot in (teacher, base, *[s for s in by_seed if s not in (teacher, base)]):
+        reason = blocking_reason(findings, "accuracy", slot, family)
+        if reason:
+            return f"no verdict: {reason}"
+    t, b = by_seed.get(teacher, {}), by_seed.get(base, {})
+    if t and b and sum(t.values()) / len(t) <= sum(b.values()) / len(b):
+        return (f"no verdict: the teacher ({sum(t.values()) / len(t) * 100:.1f}%) does not beat the student trained "
+                f"alone ({sum(b.values()) / len(b) * 100:.1f}%), so distillation has nothing to add")
+    if d is None or d.significant is None:
+        return "no verdict: one seed"
+    if not d.significant:
+        return "no verdict: within seed noise"
+    return "**distillation helps**" if d.mean > 0 else "**distillation hurts**"
+
+
 class Distill(StageType):
     name, config = "distill", DistillStage
 
@@ -84,18 +117,25 @@ class Distill(StageType):
         pairs = kd_pairs(meta)
         if not pairs:
             return ""
+        findings = check_run(run_dir, ix.results)
+        family = lineage(meta)
         rows = []
         for stage, base, kd in pairs:
+            teacher = _teacher_of(meta, stage)
             for b in ix.backends:
-                bv, kv = ix.values(b, "evaluate", base, "top1"), ix.values(b, "evaluate", kd, "top1")
-                n = min(len(bv), len(kv))
-                gain = [k - v for k, v in zip(kv[:n], bv[:n])]
+                by_seed = {slot: _top1_by_seed(ix, b, slot) for slot in (base, kd, teacher)}
+                bv, kv = list(by_seed[base].values()), list(by_seed[kd].values())
+                d = paired_difference(by_seed[base], by_seed[kd])
+                gain = "–" if d is None else f"{d.mean * 100 + 0.0:+.2f} pts" + (
+                    f" [{d.ci95[0] * 100 + 0.0:+.2f}, {d.ci95[1] * 100 + 0.0:+.2f}]" if d.ci95 else "")
                 rows.append([stage, title(b), fmt_values(bv, 100, unit="%"), fmt_values(kv, 100, unit="%"),
-                             fmt_values(gain, 100, unit=" pts") if gain else "–"])
+                             gain, _kd_verdict(d, by_seed, base, teacher, findings, family)])
         return ("## Knowledge-distillation gain\n\n"
-                + table(["distill stage", "backend", "baseline top-1", "distilled top-1", "KD gain"], rows)
+                + table(["distill stage", "backend", "baseline top-1", "distilled top-1",
+                         "KD gain [95% CI over seeds]", "verdict"], rows)
                 + "\nThe baseline is the student trained alone from the same initial weights, data stream and "
-                  "schedule.\n\n")
+                  "schedule; the gain is paired by seed. A gain is claimed only where the teacher beats the student "
+                  "trained alone and every model involved passes the validity checks.\n\n")
 
 
 register(Distill())

@@ -58,10 +58,10 @@ def test_report_statistics_against_hand_computed_values(tmp_path: Path):
                _result("paddle", 1, {"student_baseline": 0.60, "student_kd": 0.80})]
     run = _write_run(tmp_path, results)
     md = build_markdown(run, load_results(run), META)
-    # torch baseline: mean 60%, std (ddof=1) 14.14; KD gains 10 and 0 -> 5.00 ± 7.07
-    assert "| distill | PyTorch | 60.00% ± 14.14 | 65.00% ± 7.07 | 5.00 pts ± 7.07 |" in md
-    # paddle gains 20 and 20 -> 20.00 ± 0.00
-    assert "| distill | PaddlePaddle | 50.00% ± 14.14 | 70.00% ± 14.14 | 20.00 pts ± 0.00 |" in md
+    # torch baseline: mean 60%, std (ddof=1) 14.14; KD gains 10 and 0 -> +5.00, 95% CI 5 ± 12.706 * 7.07 / sqrt(2)
+    assert "| distill | PyTorch | 60.00% ± 14.14 | 65.00% ± 7.07 | +5.00 pts [-58.53, +68.53] | no verdict: 2 seed(s)" in md
+    # paddle gains 20 and 20 -> +20.00 [+20.00, +20.00], still no verdict with two seeds
+    assert "| distill | PaddlePaddle | 50.00% ± 14.14 | 70.00% ± 14.14 | +20.00 pts [+20.00, +20.00] | no verdict" in md
     # paired difference paddle - torch of student_kd: 0 and +10 -> 5.00 ± 7.07
     assert "| `student_kd` | 65.00% ± 7.07 | 70.00% ± 14.14 | 5.00 pts ± 7.07 |" in md
     assert md.index("PyTorch top-1") < md.index("PaddlePaddle top-1")
@@ -136,15 +136,20 @@ def test_per_sample_agreement_between_frameworks_hand_computed(tmp_path: Path):
 
 def test_decision_summary_against_hand_computed_values(tmp_path: Path):
     results = [_result("torch", 0, {"student_kd": 0.60}), _result("torch", 1, {"student_kd": 0.70}),
-               _result("paddle", 0, {"student_kd": 0.60}), _result("paddle", 1, {"student_kd": 0.80})]
+               _result("torch", 2, {"student_kd": 0.65}), _result("paddle", 0, {"student_kd": 0.60}),
+               _result("paddle", 1, {"student_kd": 0.80}), _result("paddle", 2, {"student_kd": 0.75})]
     run = _write_run(tmp_path, results)
     md = build_markdown(run, load_results(run), META)
-    # paddle - torch per seed: 0 and +10 pts -> mean +5.00, sd 7.07, half width 12.706 * 7.07 / sqrt(2) = 63.53
-    assert ("| accuracy | top-1 `student_kd` | 65.00% ± 7.07 | 70.00% ± 14.14 | +5.00 [-58.53, +68.53] pts | "
-            "**PaddlePaddle**, +5.00 pts (within seed noise, 2 seeds) |") in md
+    # paddle - torch per seed: 0, +10, +10 pts -> mean +6.67, sd 5.7735, half width 4.303 * 5.7735 / sqrt(3) = 14.34
+    assert ("| accuracy | top-1 `student_kd` | 65.00% ± 5.00 | 71.67% ± 10.41 | +6.67 [-7.68, +21.01] pts | "
+            "**PaddlePaddle**, +6.67 pts (within seed noise, 3 seeds) |") in md
     assert "- **accuracy** (1 comparison): PaddlePaddle ahead on 1 (0 significant)" in md
     assert md.index("## Decision summary") < md.index("## Accuracy on the validation split")
-    assert "## Reproducibility" in md and "- Seeds: 0, 1;" in md
+    assert "## Reproducibility" in md and "- Seeds: 0, 1, 2;" in md
+    # with two of those seeds the same numbers get no verdict: a verdict needs three
+    two = build_markdown(run, [r for r in load_results(run) if r["seed"] < 2], META)
+    assert "no verdict: 2 seed(s) |" in two
+    assert "- **accuracy** (1 comparison): 1 without verdict (see the validity checks)" in two
 
 
 def test_regenerated_report_is_byte_identical_apart_from_its_timestamp(tmp_path: Path):

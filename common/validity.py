@@ -1,0 +1,298 @@
+"""Can these numbers carry a verdict? Checks computed from a run's result files only.
+
+A comparison between frameworks means something only if the models learned (above chance, predictions not
+collapsed onto a few classes), training reached a plateau, the validation split covers every class with enough
+samples, the initial-weight parity check compared outputs that could have differed, and there are enough seeds.
+Each failed check is a Finding; the decision summary gives no verdict to a row a finding applies to and says
+why, the report lists them at the top, results.json carries them, and the console prints one line each.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from common.backend_names import title
+
+MIN_SEEDS = 3  # a Student-t interval over fewer paired seeds is too wide (t(1) = 12.7) to separate frameworks
+CHANCE_MARGIN = 0.05  # top-1 within 5 points of 1/num_classes counts as chance
+COLLAPSE_SHARE = 0.5  # one predicted class holding half the validation samples (with >= 4 classes)
+PLATEAU_GAIN = 0.01  # validation top-1 still rising by a point over the last epoch: not converged
+MIN_CLASS_SAMPLES = 10  # a validation class with fewer images gives its per-class accuracy in steps of >10 points
+DEGENERATE_LOGITS = 1e-3  # largest |logit| of the parity probe below this: the check compared near-zero numbers
+_KNOWN_CLASSES = {"digits": 10, "cifar10": 10, "cifar100": 100}
+
+
+@dataclass(frozen=True)
+class Finding:
+    check: str  # chance | collapsed | not_converged | split | parity | seeds
+    subject: str  # the model slot or stage it concerns; "" for the whole run
+    message: str  # one line a team can act on
+    backend: str | None = None
+    short: str = ""  # what a decision row says after "no verdict: "
+    groups: tuple[str, ...] = ()  # the decision-row groups it withholds; empty: as its check decides
+
+    def __post_init__(self) -> None:
+        if not self.short:
+            object.__setattr__(self, "short", _SHORT[self.check](self))
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+_SHORT = {
+    "seeds": lambda f: f.message.split(":")[0],
+    "split": lambda f: "thin validation split",
+    "parity": lambda f: f"same start of `{f.subject}` not shown (degenerate parity check)",
+    "chance": lambda f: f"`{f.subject}` at chance" + (f" on {title(f.backend)}" if f.backend else ""),
+    "collapsed": lambda f: f"`{f.subject}` predictions collapsed" + (f" on {title(f.backend)}" if f.backend else ""),
+    "not_converged": lambda f: f"`{f.subject}` not converged",
+    "contended": lambda f: "timed under background load" + (f" on {title(f.backend)}" if f.backend else ""),
+}
+
+
+def _prediction_files(run_dir: Path, r: dict, slot: str) -> Path | None:
+    for st in r.get("stages", []):
+        if st.get("type") == "evaluate" and st.get("status") == "ok":
+            rel = (st.get("models", {}).get(slot) or {}).get("predictions")
+            path = run_dir / r["backend"] / f"seed-{r['seed']}" / rel if rel else None
+            if path is not None and path.is_file():
+                return path
+    return None
+
+
+def num_classes(run_dir: Path, results: list[dict]) -> int | None:
+    """Recorded class count, else the dataset's known count, else the largest saved label + 1."""
+    for r in results:
+        k = (r.get("data") or {}).get("num_classes")
+        if isinstance(k, int):
+            return k
+    for r in results:
+        k = _KNOWN_CLASSES.get((r.get("data") or {}).get("dataset", ""))
+        if k:
+            return k
+    for r in results:
+        for st in r.get("stages", []):
+            for slot in (st.get("models") or {}) if st.get("type") == "evaluate" else ():
+                path = _prediction_files(run_dir, r, slot)
+                if path is not None:
+                    return int(np.load(path)["label"].max()) + 1
+    return None
+
+
+def _model_findings(run_dir: Path, results: list[dict], k: int | None) -> list[Finding]:
+    """Evaluated models at chance or with collapsed predictions, per backend (worst seed named)."""
+    out: dict[tuple[str, str, str], Finding] = {}
+    for r in results:
+        if r.get("status") != "ok":
+            continue
+        for st in r.get("stages", []):
+            if st.get("type") != "evaluate" or st.get("status") != "ok":
+                continue
+            for slot, m in st.get("models", {}).items():
+                who = title(r["backend"])
+                if k and m["top1"] < 1 / k + CHANCE_MARGIN:
+                    out.setdefault(("chance", slot, r["backend"]), Finding(
+                        "chance", slot, f"`{slot}` at chance level on {who} (seed {r['seed']}: top-1 "
+                        f"{m['top1'] * 100:.1f}%, chance {100 / k:.1f}%)", r["backend"]))
+                path = _prediction_files(run_dir, r, slot)
+                if path is None or not k or k < 4:
+                    continue
+                pred = np.load(path)["pred"]
+                share = np.bincount(pred, minlength=k).max() / max(len(pred), 1)
+                if share >= COLLAPSE_SHARE:
+                    out.setdefault(("collapsed", slot, r["backend"]), Finding(
+                        "collapsed", slot, f"`{slot}` predictions collapse on {who} (seed {r['seed']}: "
+                        f"{share * 100:.0f}% of validation images get one class)", r["backend"]))
+    return list(out.values())
+
+
+def training_records(record: dict) -> list[tuple[str, dict]]:
+    """(model slot, record with history) for the training a stage record shows."""
+    if record.get("history"):
+        return [(record.get("model", ""), record)]
+    qat = record.get("qat") or {}
+    return [(record.get("model", ""), qat)] if qat.get("history") else []
+
+
+def _convergence_findings(results: list[dict]) -> list[Finding]:
+    """A training stage still improving at its end, or too short to show a plateau."""
+    out: dict[tuple[str, str], Finding] = {}
+    for r in results:
+        if r.get("status") != "ok":
+            continue
+        for st in r.get("stages", []):
+            if st.get("status") != "ok":
+                continue
+            for slot, rec in training_records(st):
+                hist = rec["history"]
+                key = (st["name"], r["backend"])
+                who = title(r["backend"])
+                if len(hist) < 2:
+                    out.setdefault(key, Finding("not_converged", slot, f"`{st['name']}` trained "
+                                   f"{len(hist)} epoch on {who}: no plateau shown (validation top-1 after each epoch "
+                                   "is all there is to judge convergence by)", r["backend"],
+                                   short=f"`{st['name']}` trained one epoch, no plateau shown"))
+                    continue
+                gain = hist[-1]["val_top1"] - hist[-2]["val_top1"]
+                if gain >= PLATEAU_GAIN:
+                    out.setdefault(key, Finding("not_converged", slot, f"`{st['name']}` still improving at its end "
+                                   f"on {who} (seed {r['seed']}: validation top-1 +{gain * 100:.1f} points over the "
+                                   f"last epoch)", r["backend"], short=f"`{st['name']}` not converged"))
+    return list(out.values())
+
+
+def _split_findings(run_dir: Path, results: list[dict], k: int | None) -> list[Finding]:
+    """A validation split that misses classes or has classes with very few images."""
+    for r in results:
+        train = (r.get("data") or {}).get("train_class_counts")
+        if train and any(c == 0 for c in train):
+            absent = [i for i, c in enumerate(train) if c == 0]
+            return [Finding("split", "", f"the training split has no images of class(es) "
+                            f"{', '.join(map(str, absent[:8]))}: no model can learn them")]
+    for r in results:
+        counts = (r.get("data") or {}).get("val_class_counts")
+        if counts is None:
+            for st in r.get("stages", []):
+                for slot in (st.get("models") or {}) if st.get("type") == "evaluate" else ():
+                    path = _prediction_files(run_dir, r, slot)
+                    if path is not None:
+                        counts = np.bincount(np.load(path)["label"], minlength=k or 0).tolist()
+                        break
+                if counts is not None:
+                    break
+        if counts is None:
+            continue
+        missing = [i for i, c in enumerate(counts) if c == 0]
+        few = [i for i, c in enumerate(counts) if 0 < c < MIN_CLASS_SAMPLES]
+        if missing:
+            return [Finding("split", "", f"the validation split has no images of class(es) "
+                            f"{', '.join(map(str, missing[:8]))}: accuracy ignores them")]
+        if few:
+            return [Finding("split", "", f"the validation split has fewer than {MIN_CLASS_SAMPLES} images of "
+                            f"class(es) {', '.join(map(str, few[:8]))} (smallest: {min(counts)}): per-class "
+                            "results move in big steps")]
+        return []
+    return []
+
+
+def _parity_findings(results: list[dict]) -> list[Finding]:
+    """Initial-weight parity measured on logits too small to differ (e.g. MobileNetV3 at initialisation)."""
+    out: dict[str, Finding] = {}
+    for r in results:
+        for slot, p in (r.get("init_parity") or {}).items():
+            scale = p.get("ref_scale")
+            if scale is None and p.get("max_rel"):
+                scale = p["max_abs"] / p["max_rel"]
+            if scale is not None and scale < DEGENERATE_LOGITS:
+                out.setdefault(slot, Finding("parity", slot, f"initial-weight parity of `{slot}` compared logits "
+                               f"of magnitude {scale:.1e}: a check that cannot fail, so the same start is not shown"))
+    return list(out.values())
+
+
+def _seed_findings(results: list[dict]) -> list[Finding]:
+    seeds = sorted({r["seed"] for r in results if r.get("status") == "ok"})
+    if len(seeds) >= MIN_SEEDS:
+        return []
+    return [Finding("seeds", "", f"{len(seeds)} seed(s): a verdict needs at least {MIN_SEEDS} (run with --seeds "
+                    "0,1,2 or `run-recipe --resume RUN --seeds 0,1,2`)")]
+
+
+def _load_findings(results: list[dict]) -> list[Finding]:
+    """Timings taken while other processes used the CPU (common/load.py): latency of a model, a stage's training."""
+    out: dict[tuple[str, str, str], Finding] = {}
+
+    def flag(group: str, subject: str, what: str, load: dict | None, r: dict) -> None:
+        if load and load.get("contended"):
+            out.setdefault((group, subject, r["backend"]), Finding(
+                "contended", subject, f"{what} on {title(r['backend'])} was timed while other processes used "
+                f"{load['background_cores']:.2f} cores (seed {r['seed']}; above {load['threshold_cores']} core)",
+                r["backend"], groups=(group,)))
+
+    for r in results:
+        for st in r.get("stages", []):
+            if st.get("status") != "ok":
+                continue
+            for slot, m in (st.get("models") or {}).items() if st.get("type") == "export" else ():
+                for bs, lat in m.get("latency", {}).items():
+                    flag("latency", slot, f"`{slot}`'s batch-{bs} latency", lat.get("load"), r)
+            for kind in ("fp32", "int8"):
+                rec = st.get(kind) if isinstance(st.get(kind), dict) else None
+                slot = st.get("model") if kind == "int8" else st.get("source")
+                for bs, lat in (rec or {}).get("latency", {}).items():
+                    flag("latency", slot, f"`{slot}`'s batch-{bs} latency", lat.get("load"), r)
+            for _, rec in training_records(st):
+                flag("training time", st["name"], f"`{st['name']}`'s training", rec.get("load"), r)
+    return list(out.values())
+
+
+def check_run(run_dir: Path, results: list[dict]) -> list[Finding]:
+    """Every failed validity check of a run, in the order the report lists them."""
+    k = num_classes(run_dir, results)
+    return (_seed_findings(results) + _split_findings(run_dir, results, k) + _parity_findings(results)
+            + _model_findings(run_dir, results, k) + _convergence_findings(results) + _load_findings(results))
+
+
+def lineage(meta: dict) -> dict[str, set[str]]:
+    """slot -> every slot it was made from (itself included), from the recipe recorded in run.json."""
+    parents: dict[str, set[str]] = {}
+    for item in (meta.get("recipe") or {}).get("stages", []):
+        if not isinstance(item, dict) or len(item) != 1:
+            continue
+        (stype, cfg), = item.items()
+        if not isinstance(cfg, dict):
+            continue
+        src = cfg.get("student") if stype == "distill" else cfg.get("model")
+        if stype in ("evaluate", "export") or not isinstance(src, str):
+            continue
+        out = cfg.get("output") or (f"{src}_int8" if stype == "quantize" else src)
+        parents.setdefault(out, set()).add(src)
+    def ancestors(slot: str, seen: frozenset = frozenset()) -> set[str]:
+        if slot in seen:
+            return {slot}
+        found = {slot}
+        for p in parents.get(slot, ()):
+            found |= ancestors(p, seen | {slot})
+        return found
+    slots = set(parents) | {p for ps in parents.values() for p in ps}
+    return {s: ancestors(s) for s in slots}
+
+
+def blocking_reason(findings: list[Finding], group: str, subject: str | None,
+                    family: dict[str, set[str]]) -> str | None:
+    """Why a decision row (metric group, its model slot or stage) gets no verdict, or None if it may have one.
+
+    Run-wide findings (seeds) block every row; a split finding blocks accuracy rows; a model's findings block
+    every row of that model and of the models made from it; training-time rows are timing only."""
+    related = family.get(subject or "", {subject} if subject else set())
+    for f in findings:
+        if f.groups:  # scoped to its own rows (timings of one model or stage)
+            if group in f.groups and f.subject == subject:
+                return f.short
+            continue
+        if f.check == "seeds":
+            return f.short
+        if f.check == "split" and group == "accuracy":
+            return f.short
+        if group != "training time" and f.subject and f.subject in related:
+            return f.short
+    return None
+
+
+def blocker(findings: list[Finding], meta: dict):
+    """The decision summary's Blocker for these findings: metric -> why it gets no verdict, or None."""
+    from common.decision import subject
+    family = lineage(meta)
+    return lambda m: blocking_reason(findings, m.group, subject(m), family)
+
+
+def validity_section(findings: list[Finding]) -> str:
+    """The report's first section: what stops a verdict, one line per failed check."""
+    if not findings:
+        return ("## Validity checks\n\nAll passed: every evaluated model is above chance with predictions spread over "
+                "the classes, every training stage ended on a plateau, the validation split covers every class, "
+                f"initial-weight parity compared non-degenerate outputs, and there are at least {MIN_SEEDS} seeds.\n\n")
+    return ("## Validity checks\n\nRows these findings concern get **no verdict** in the decision summary (and are "
+            "not counted in its headline):\n\n" + "".join(f"- {f.message}\n" for f in findings) + "\n")

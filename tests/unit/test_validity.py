@@ -1,0 +1,152 @@
+"""Each validity check on hand-made result files: the finding appears where the numbers cannot carry a verdict,
+not where they can, and the decision summary withholds exactly the rows it concerns."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from common.report import write_report
+from common.results import SCHEMA_VERSION, atomic_write_json, load_results
+from common.validity import check_run
+
+META = {"recipe_name": "kd", "recipe_source": "kd.yaml", "profile": "default", "backends": ["torch", "paddle"],
+        "seeds": [0, 1, 2], "threads": 2, "command": "run-recipe kd", "created_at": "x", "recipe_digest": "abc",
+        "recipe": {"description": "d", "stages": [
+            {"train": {"name": "train_teacher", "model": "teacher"}},
+            {"train": {"name": "train_student", "model": "student", "output": "student_baseline"}},
+            {"distill": {"name": "distill", "teacher": "teacher", "student": "student", "output": "student_kd"}},
+            {"evaluate": {"name": "evaluate", "models": ["teacher", "student_baseline", "student_kd"]}}]}}
+GOOD_HISTORY = [{"epoch": 1, "val_top1": 0.80, "train_loss": 1.0}, {"epoch": 2, "val_top1": 0.95, "train_loss": 0.2},
+                {"epoch": 3, "val_top1": 0.953, "train_loss": 0.1}]
+
+
+def train_record(name: str, model: str, history: list[dict]) -> dict:
+    return {"name": name, "type": "train", "status": "ok", "model": model, "epochs": len(history),
+            "steps": 10 * len(history), "train_time_s": 5.0, "time_per_step_s": 0.5, "history": history,
+            "final": history[-1]}
+
+
+def result(backend: str, seed: int, top1: dict[str, float], histories: dict[str, list[dict]] | None = None,
+           parity_scale: float = 3.0) -> dict:
+    histories = histories or {}
+    stages = [train_record(f"train_{slot}", slot, histories.get(slot, GOOD_HISTORY)) for slot in top1]
+    stages.append({"name": "evaluate", "type": "evaluate", "status": "ok", "models": {
+        slot: {"top1": v, "top5": 1.0, "loss": 0.3, "predictions": f"predictions/evaluate__{slot}.npz"}
+        for slot, v in top1.items()}})
+    return {"schema_version": SCHEMA_VERSION, "backend": backend, "seed": seed, "status": "ok", "run_id": "run-1",
+            "error": None, "stages": stages, "data": {"dataset": "digits", "num_classes": 10,
+                                                      "val_class_counts": [36] * 10},
+            "init_parity": {"student": {"max_abs": parity_scale * 1e-7, "max_rel": 1e-7, "ref_scale": parity_scale,
+                                        "rtol": 1e-4}},
+            "environment": {"threads": 2, "device": "cpu", "versions": {backend: "1"}}}
+
+
+def make_run(tmp_path: Path, results: list[dict], preds: dict | None = None) -> Path:
+    run = tmp_path / "kd" / "run-1"
+    rng = np.random.default_rng(0)
+    for r in results:
+        sd = run / r["backend"] / f"seed-{r['seed']}"
+        atomic_write_json(sd / "result.json", r)
+        (sd / "predictions").mkdir(parents=True, exist_ok=True)
+        for slot in r["stages"][-1]["models"]:
+            label = np.repeat(np.arange(10), 36)
+            pred = (preds or {}).get(slot, np.where(rng.random(360) < 0.9, label, rng.integers(0, 10, 360)))
+            np.savez(sd / "predictions" / f"evaluate__{slot}.npz", pred=pred, label=label)
+    atomic_write_json(run / "run.json", META)
+    return run
+
+
+def checks(run: Path) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for f in check_run(run, load_results(run)):
+        out.setdefault(f.check, []).append(f.message)
+    return out
+
+
+def runs(top1: dict[str, float], **kw) -> list[dict]:
+    return [result(b, s, top1, **kw) for b in ("torch", "paddle") for s in (0, 1, 2)]
+
+
+def test_a_sound_run_has_no_findings(tmp_path: Path):
+    assert checks(make_run(tmp_path, runs({"teacher": 0.95, "student_kd": 0.93}))) == {}
+
+
+def test_a_model_at_chance_is_found(tmp_path: Path):
+    found = checks(make_run(tmp_path, runs({"teacher": 0.95, "student_kd": 0.12})))
+    assert list(found) == ["chance"] and "`student_kd` at chance level" in found["chance"][0]
+    assert "chance 10.0%" in found["chance"][0]
+
+
+def test_collapsed_predictions_are_found(tmp_path: Path):
+    collapsed = np.where(np.arange(360) < 200, 3, np.repeat(np.arange(10), 36))  # 56% predicted as 3
+    found = checks(make_run(tmp_path, runs({"teacher": 0.95, "student_kd": 0.60}), {"student_kd": collapsed}))
+    assert "collapsed" in found and "predictions collapse" in found["collapsed"][0]
+
+
+@pytest.mark.parametrize("history,expected", [
+    ([{"epoch": 1, "val_top1": 0.5, "train_loss": 1.0}], "no plateau shown"),
+    ([{"epoch": 1, "val_top1": 0.5, "train_loss": 1.0}, {"epoch": 2, "val_top1": 0.6, "train_loss": 0.9}],
+     "still improving at its end"),
+])
+def test_training_not_converged_is_found(tmp_path: Path, history, expected):
+    found = checks(make_run(tmp_path, runs({"teacher": 0.95, "student_kd": 0.9},
+                                           histories={"student_kd": history})))
+    assert list(found) == ["not_converged"] and expected in found["not_converged"][0]
+
+
+@pytest.mark.parametrize("counts,expected", [([36] * 9 + [0], "no images of class(es) 9"),
+                                             ([36] * 9 + [4], "fewer than 10 images")])
+def test_a_thin_validation_split_is_found(tmp_path: Path, counts, expected):
+    results = runs({"teacher": 0.95})
+    for r in results:
+        r["data"]["val_class_counts"] = counts
+    found = checks(make_run(tmp_path, results))
+    assert list(found) == ["split"] and expected in found["split"][0]
+
+
+def test_parity_on_degenerate_logits_is_found(tmp_path: Path):
+    found = checks(make_run(tmp_path, runs({"teacher": 0.95}, parity_scale=1e-11)))
+    assert list(found) == ["parity"] and "magnitude 1.0e-11" in found["parity"][0]
+
+
+def test_too_few_seeds_is_found(tmp_path: Path):
+    found = checks(make_run(tmp_path, [result(b, s, {"teacher": 0.95}) for b in ("torch", "paddle") for s in (0, 1)]))
+    assert list(found) == ["seeds"] and "2 seed(s)" in found["seeds"][0]
+
+
+def test_the_decision_summary_withholds_exactly_the_rows_concerned(tmp_path: Path):
+    results = runs({"teacher": 0.95, "student_kd": 0.12})
+    for r in results:  # a clear lead on both slots, so only the check can withhold a verdict
+        r["stages"][-1]["models"]["teacher"]["top1"] += 0.03 if r["backend"] == "paddle" else 0.0
+        r["stages"][-1]["models"]["teacher"]["top1"] += 0.001 * r["seed"]
+    md = write_report(make_run(tmp_path, results)).read_text()
+    rows = {line.split("|")[2].strip(): line for line in md.splitlines() if line.startswith("| accuracy |")}
+    assert "no verdict: `student_kd` at chance on PyTorch" in rows["top-1 `student_kd`"]
+    assert "**PaddlePaddle**" in rows["top-1 `teacher`"]
+    assert "1 without verdict" in md and md.index("## Validity checks") < md.index("## Decision summary")
+    data = json.loads((tmp_path / "kd" / "run-1" / "results.json").read_text())
+    assert [f["check"] for f in data["validity"]] == ["chance", "chance"]
+    kd = next(r for r in data["summary"] if r["what"] == "top-1 student_kd")
+    assert kd["difference"]["no_verdict"].startswith("`student_kd` at chance") and kd["difference"]["ahead"] is None
+
+
+def test_contended_timings_withhold_only_their_own_rows(tmp_path: Path):
+    results = runs({"teacher": 0.95, "student_kd": 0.93})
+    for r in results:
+        r["stages"].append({"name": "export", "type": "export", "status": "ok", "models": {slot: {
+            "size_bytes": 100, "size_mb": 1.0 if r["backend"] == "torch" else 0.5, "params": 1, "macs": 1, "flops": 2,
+            "artifact_top1": 0.9, "runtime": "rt", "format": "f",
+            "latency": {"1": {"p50_ms": 2.0 + r["seed"] * 0.1 if r["backend"] == "torch" else 1.0, "p90_ms": 3.0,
+                              "load": {"background_cores": 0.9 if slot == "teacher" and r["seed"] == 1 else 0.0,
+                                       "contended": slot == "teacher" and r["seed"] == 1, "threshold_cores": 0.1}}}}
+            for slot in ("teacher", "student_kd")}})
+    run = make_run(tmp_path, results)
+    found = checks(run)
+    assert list(found) == ["contended"] and len(found["contended"]) == 2  # one per backend
+    md = write_report(run).read_text()
+    rows = {line.split("|")[2].strip(): line for line in md.splitlines() if line.startswith(("| latency |", "| size |"))}
+    assert "no verdict: timed under background load" in rows["batch 1 p50 `teacher`"]
+    assert "no verdict" not in rows["batch 1 p50 `student_kd`"] and "no verdict" not in rows["file `teacher`"]
