@@ -77,6 +77,10 @@ class Backend(Protocol):
     def predict(self, model: Any, x: np.ndarray) -> np.ndarray:
         """Logits in eval mode, as float32 numpy."""
 
+    def predict_batch_statistics(self, model: Any, x: np.ndarray) -> np.ndarray:
+        """Logits with batch norm on the batch's own statistics and dropout off, leaving the model unchanged
+        (the parity check's second probe: eval-mode logits at initialisation can be ~1e-10)."""
+
     def trainer(self, model: Any, opt: OptimizerConfig) -> StepRunner: ...
 
     def distiller(self, student: Any, teacher: Any, opt: OptimizerConfig, temperature: float,

@@ -6,6 +6,7 @@ zlib module and the first decompression (e.g. inside `import paddleslim`) segfau
 from __future__ import annotations
 
 import zlib  # noqa: F401  (must precede `import paddle`, see above)
+import copy
 import os
 import platform
 from pathlib import Path
@@ -96,6 +97,17 @@ class PaddleBackend:
         forward = programs.forward_program(model, "predict") if self.onednn_depthwise else None
         with paddle.no_grad():
             return (forward or model)(paddle.to_tensor(x)).numpy().astype(np.float32)
+
+    def predict_batch_statistics(self, model: paddle.nn.Layer, x: np.ndarray) -> np.ndarray:
+        """Logits with batch norm on the batch's own statistics (dropout off), on a copy of the model: at
+        initialisation eval-mode outputs can be ~1e-10 (running statistics 0/1), these are O(1)."""
+        probe = copy.deepcopy(model)
+        probe.train()
+        for m in probe.sublayers():
+            if isinstance(m, paddle.nn.Dropout):
+                m.eval()
+        with paddle.no_grad():
+            return probe(paddle.to_tensor(x)).numpy().astype(np.float32)
 
     def trainer(self, model: paddle.nn.Layer, opt: OptimizerConfig) -> train.Trainer:
         return train.Trainer(model, opt, self.onednn_depthwise)

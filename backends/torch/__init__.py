@@ -1,6 +1,7 @@
 """PyTorch backend: torchvision models, torch optimizers, torch.export artifacts, eager inference."""
 from __future__ import annotations
 
+import copy
 import platform
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -65,6 +66,17 @@ class TorchBackend:
                 return model(torch.from_numpy(x).to(self.device)).float().cpu().numpy()
 
         return quantize.predict_fake_quant(model, run) if getattr(model, "_slimbench_qat", False) else run()
+
+    def predict_batch_statistics(self, model: torch.nn.Module, x: np.ndarray) -> np.ndarray:
+        """Logits with batch norm on the batch's own statistics (dropout off), on a copy of the model: at
+        initialisation eval-mode outputs can be ~1e-10 (running statistics 0/1), these are O(1)."""
+        probe = copy.deepcopy(model).to(self.device)
+        probe.train()
+        for m in probe.modules():
+            if isinstance(m, torch.nn.Dropout):
+                m.eval()
+        with torch.no_grad():
+            return probe(torch.from_numpy(x).to(self.device)).float().cpu().numpy()
 
     def trainer(self, model: torch.nn.Module, opt: OptimizerConfig) -> train.Trainer:
         return train.Trainer(model, opt, self.device, self.runtime)

@@ -40,6 +40,23 @@ def test_weight_transfer_reproduces_logits(backends, arch, small):
     assert np.array_equal(ref.argmax(1), got.argmax(1))
 
 
+@pytest.mark.parametrize("arch", ["mobilenet_v2", "mobilenet_v3_small", "resnet18"])
+def test_batch_statistics_probe_is_non_degenerate_agrees_and_leaves_the_model_alone(backends, arch):
+    """At initialisation MobileNet eval-mode logits are ~1e-10 (a parity check on them says little); with batch
+    norm on the probe batch's statistics they are O(1) and agree across frameworks like any logits do."""
+    tb, pb = backends
+    tm, pm = transfer(tb, pb, arch)
+    x = np.random.default_rng(2).standard_normal((8, 3, 32, 32)).astype(np.float32)
+    before_t, before_p = tb.predict(tm, x), pb.predict(pm, x)
+    ref, got = tb.predict_batch_statistics(tm, x), pb.predict_batch_statistics(pm, x)
+    assert np.abs(ref).max() > 1e-2
+    assert np.abs(ref - got).max() / np.abs(ref).max() < 1e-4
+    assert np.array_equal(tb.predict(tm, x), before_t) and np.array_equal(pb.predict(pm, x), before_p)
+    # a wrong conversion shows: another model's weights give other batch-statistics logits
+    other = tb.build_model(ModelConfig(arch=arch), 10)
+    assert np.abs(tb.predict_batch_statistics(other, x) - ref).max() / np.abs(ref).max() > 1e-2
+
+
 def test_paddle_state_round_trips_to_canonical(backends):
     tb, pb = backends
     tm, pm = transfer(tb, pb, "resnet18")

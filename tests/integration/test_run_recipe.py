@@ -81,6 +81,11 @@ def test_smoke_all_backends_same_data_and_report(tmp_path: Path):
                  "PaddlePaddle CPU training (runtime.cpu_tuning): models with depthwise convolutions train, predict"):
         assert text in report, text
     assert (run / "results.csv").read_text().startswith("backend,seed,stage,model,metric,value")
+    # A run this short cannot carry a verdict: the report and the console say why (validity checks).
+    assert "## Validity checks" in report and "1 seed(s): a verdict needs at least 3" in report
+    rows = [line for line in report.splitlines() if line.startswith(("| accuracy |", "| size |", "| latency |"))]
+    assert rows and all("no verdict: " in line for line in rows)
+    assert "warning: 1 seed(s): a verdict needs at least 3" in p.stderr
     # The report is rebuilt from result files alone.
     p2 = cli("slimbench", "report", str(run), "--out", str(tmp_path / "again"))
     assert p2.returncode == 0, p2.stderr
