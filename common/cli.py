@@ -129,10 +129,31 @@ def run_recipe(argv: list[str] | None = None) -> int:
         outcome = run(recipe, backends, _writable_dir(a.out, "--out"), command, threads)
     report = write_report(outcome.run_dir)
     print(f"\nresults: {outcome.run_dir}/<backend>/seed-<n>/result.json\nreport:  {report}")
+    _warn_validity(outcome.run_dir)
     if outcome.failures:
         print("\nFAILED:\n" + "\n".join(f"  - {f}" for f in outcome.failures), file=sys.stderr)
         return 1
     return 0
+
+
+def _refuse_contended(run_dir: Path, allowed: bool) -> None:
+    """A published report is read as decision-grade: timings taken on a busy machine are not published unless
+    the user says so."""
+    from common.results import load_results
+    from common.validity import check_run
+    busy = [f for f in check_run(run_dir, load_results(run_dir)) if f.check == "contended"]
+    if busy and not allowed:
+        raise UsageError(f"{run_dir}: {len(busy)} timing(s) were taken under background load (e.g. "
+                         f"{busy[0].message.replace('`', '')}); rerun on a quiet machine, or publish anyway with "
+                         "--allow-contended (make reports FORCE=1)")
+
+
+def _warn_validity(run_dir: Path) -> None:
+    """One line per failed validity check: the rows they concern have no verdict in the report."""
+    from common.results import load_results
+    from common.validity import check_run
+    for f in check_run(run_dir, load_results(run_dir)):
+        print(f"warning: {' '.join(f.message.replace('`', '').split())}", file=sys.stderr)
 
 
 def _headline(desc: str, width: int = 90) -> str:
@@ -156,6 +177,8 @@ def slimbench(argv: list[str] | None = None) -> int:
     rep.add_argument("run_dir", type=Path)
     rep.add_argument("--out", type=Path, default=None, help="write the report here (with a copy of the run's result "
                      "files, so it can be regenerated from there) instead of into the run directory")
+    rep.add_argument("--allow-contended", action="store_true", help="publish (--out) even if timings were taken "
+                     "under background load (their rows have no verdict either way)")
     cmp = sub.add_parser("compare", help="the same recipe run twice (two machines, two versions) side by side")
     cmp.add_argument("run_a", type=Path)
     cmp.add_argument("run_b", type=Path)
@@ -187,6 +210,7 @@ def slimbench(argv: list[str] | None = None) -> int:
     read_run_meta(a.run_dir)
     if a.out:
         check_publish_target(a.run_dir, a.out)
+        _refuse_contended(a.run_dir, a.allow_contended)
         _writable_dir(a.out, "--out")
     print(write_report(a.run_dir, a.out))
     return 0

@@ -9,6 +9,7 @@ from typing import Any
 
 from common.backend_names import title
 from common.config import MeasureConfig
+from common.load import LoadMeter
 from common.markdown_table import table
 from common.metrics import classification_metrics, latency_summary, logit_difference, time_calls
 from common.pruning import name_artifact_layers, pruned_layer_sparsity
@@ -56,8 +57,11 @@ def run_export(ctx: RunContext, stage: Stage) -> dict[str, Any]:
             x = ctx.stream.val_images(bs)
             ctx.progress.say(f"{stage.name}: {slot} latency at batch {bs} ({cfg.measure.warmup} warm-up, "
                              f"{cfg.measure.repeats} timed)")
-            latency[str(bs)] = latency_summary(time_calls(lambda: predict(x), cfg.measure.warmup,
-                                                          cfg.measure.repeats))
+            with LoadMeter() as load:
+                times = time_calls(lambda: predict(x), cfg.measure.warmup, cfg.measure.repeats)
+            latency[str(bs)] = {**latency_summary(times), "load": load.record()}
+            if load.warning(f"{slot}'s batch-{bs} latency"):
+                ctx.progress.say(load.warning(f"{slot}'s batch-{bs} latency"))
         rec = {"format": artifact.format, "files": [str(f.relative_to(ctx.out_dir)) for f in artifact.files],
                "size_bytes": artifact.size_bytes, "size_mb": artifact.size_bytes / 1e6, **stats,
                # Dense kernels store zeros like any other value: sparsity only shrinks a compressed file.

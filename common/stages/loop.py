@@ -20,6 +20,7 @@ from backends.base import Backend, StepRunner
 from common.config import ModelConfig, OptimizerConfig, ScheduleConfig
 from common.data import BatchStream
 from common.errors import SlimbenchError, TrainingDiverged
+from common.load import LoadMeter
 from common.metrics import classification_metrics
 from common.prefetch import default_workers, prefetch_map
 from common.progress import Progress
@@ -123,9 +124,11 @@ def fit(ctx: RunContext, stage: Stage, runner: StepRunner, model: Any, epochs: i
     raw = (ctx.stream.raw_available and hasattr(runner, "normalize_on_device")
            and runner.normalize_on_device(*ctx.stream.normalization))
     materialize = functools.partial(ctx.stream.materialize, normalize=not raw)
+    load = LoadMeter()
     for epoch in range(epochs):
         t0 = time.perf_counter()
         losses = []
+        load.start()
         batches = prefetch_map(materialize, ctx.stream.train_plans(epoch), workers=default_workers())
         for step, (x, y) in enumerate(batches):
             global_step = epoch * spe + step
@@ -143,6 +146,7 @@ def fit(ctx: RunContext, stage: Stage, runner: StepRunner, model: Any, epochs: i
             recalibrate_bn(ctx, model, bn_batches, epochs)
             ctx.progress.say(f"{stage.name}: batch-norm statistics recomputed over {bn_batches} training batches")
         epoch_time = time.perf_counter() - t0
+        load.stop()
         train_time += epoch_time
         logits, labels = evaluate_logits(ctx.backend, model, ctx.stream)
         val = classification_metrics(logits, labels)
@@ -150,7 +154,9 @@ def fit(ctx: RunContext, stage: Stage, runner: StepRunner, model: Any, epochs: i
                         "val_top1": val["top1"], "val_top5": val["top5"], "val_loss": val["loss"],
                         "epoch_time_s": epoch_time})
         ctx.progress.epoch_done(epoch, float(np.mean(losses)), val, epoch_time)
-    return {"epochs": epochs, "steps": total, "train_time_s": train_time,
+    if load.warning(f"stage {stage.name}'s training"):
+        ctx.progress.say(load.warning(f"stage {stage.name}'s training"))
+    return {"epochs": epochs, "steps": total, "train_time_s": train_time, "load": load.record(),
             "time_per_step_s": train_time / max(total, 1), "bn_recalibration_batches": bn_batches,
             "history": history,
             "final": history[-1] if history else {}}

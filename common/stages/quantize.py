@@ -19,6 +19,7 @@ from backends.base import ExportedArtifact, QuantizedModel
 from common.backend_names import color, title
 from common.config import MeasureConfig, OptimizerConfig, ScheduleConfig
 from common.errors import RecipeError
+from common.load import LoadMeter
 from common.markdown_table import table
 from common.metrics import classification_metrics, latency_summary, paired_predictions, time_alternating
 from common.report_index import ReportIndex, batch_order
@@ -141,9 +142,13 @@ def measure_pair(ctx: RunContext, stage: Stage, fp32_artifact: ExportedArtifact,
         x = ctx.stream.val_images(bs)
         ctx.progress.say(f"{stage.name}: fp32 and int8 latency at batch {bs}, alternating "
                          f"({cfg.measure.warmup} warm-up, {cfg.measure.repeats} timed each)")
-        times = time_alternating({"fp32": lambda: fp32_predict(x), "int8": lambda: qm.predict(x)},
-                                 cfg.measure.warmup, cfg.measure.repeats)
-        fp32_lat[str(bs)], int8_lat[str(bs)] = latency_summary(times["fp32"]), latency_summary(times["int8"])
+        with LoadMeter() as load:
+            times = time_alternating({"fp32": lambda: fp32_predict(x), "int8": lambda: qm.predict(x)},
+                                     cfg.measure.warmup, cfg.measure.repeats)
+        fp32_lat[str(bs)] = {**latency_summary(times["fp32"]), "load": load.record()}
+        int8_lat[str(bs)] = {**latency_summary(times["int8"]), "load": load.record()}
+        if load.warning(f"the batch-{bs} int8/fp32 latency"):
+            ctx.progress.say(load.warning(f"the batch-{bs} int8/fp32 latency"))
         speedup[str(bs)] = fp32_lat[str(bs)]["p50_ms"] / int8_lat[str(bs)]["p50_ms"]
     root = ctx.out_dir
     fp32_rec = {**_artifact_record(fp32_artifact, root), "runtime": ctx.backend.runtime_name(), **fp32_acc,

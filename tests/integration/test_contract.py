@@ -100,3 +100,33 @@ def test_a_wheel_install_lists_the_builtin_recipes(tmp_path: Path):
     assert p.returncode == 0, p.stderr
     names = [line.split()[0] for line in p.stdout.splitlines()]
     assert "kd_resnet50_mobilenet" in names and len(names) == len(list((ROOT / "common" / "recipes").glob("*.yaml")))
+
+
+@pytest.mark.torch
+def test_a_cpu_hog_beside_a_run_flags_its_timings_contended(tmp_path: Path):
+    """Timings under background load get no verdict, the console says so, and publishing them needs a flag."""
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        code = "import sys; from common.cli import run_recipe; sys.exit(run_recipe(sys.argv[1:]))"
+        p = subprocess.run([sys.executable, "-c", code, "kd_resnet50_mobilenet", "--backend", "torch", "--profile",
+                            "smoke", "--threads", "1", "--out", str(tmp_path / "runs")], cwd=ROOT, capture_output=True,
+                           text=True, timeout=600)
+    finally:
+        hog.kill()
+        hog.wait()
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "flagged contended" in p.stdout and "warning: " in p.stderr and "timed while other processes used" in p.stderr
+    run = next((tmp_path / "runs" / "kd_resnet50_mobilenet").iterdir())
+    result = json.loads((run / "torch" / "seed-0" / "result.json").read_text())
+    assert result["stages"][4]["models"]["teacher"]["latency"]["1"]["load"]["contended"] is True
+    assert result["stages"][0]["load"]["contended"] is True
+    report = (run / "report.md").read_text()
+    validity = report[report.index("## Validity checks"):report.index("## Exported artifacts")]
+    assert "`teacher`'s batch-1 latency on PyTorch was timed while other processes used" in validity
+    code = "import sys; from common.cli import slimbench; sys.exit(slimbench(sys.argv[1:]))"
+    pub = subprocess.run([sys.executable, "-c", code, "report", str(run), "--out", str(tmp_path / "pub")], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
+    assert pub.returncode == 2 and "background load" in pub.stderr and not (tmp_path / "pub").exists()
+    forced = subprocess.run([sys.executable, "-c", code, "report", str(run), "--out", str(tmp_path / "pub"),
+                             "--allow-contended"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert forced.returncode == 0, forced.stderr
