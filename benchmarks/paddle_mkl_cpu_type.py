@@ -40,6 +40,7 @@ def infer_worker(arch: str, weights: Path, threads: int, warmup: int, repeats: i
     from backends.base import load_backend
     from backends.paddle.measure import load_predictor
     from common.config import ModelConfig
+    from common.metrics import time_calls
     backend = load_backend("paddle")
     backend.configure(threads, "cpu", 0)
     model = backend.build_model(ModelConfig(arch=arch, dropout=0.0), 10)
@@ -55,14 +56,7 @@ def infer_worker(arch: str, weights: Path, threads: int, warmup: int, repeats: i
         out["logit_rel_diff"] = float(np.abs(got - ref).max() / np.abs(ref).max())
         for bs in (1, 32):
             x = x32[:bs]
-            for _ in range(warmup):
-                predict(x)
-            times = []
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                predict(x)
-                times.append(time.perf_counter() - t0)
-            out[f"b{bs}_ms"] = statistics.median(times) * 1e3
+            out[f"b{bs}_ms"] = float(np.median(time_calls(lambda: predict(x), warmup, repeats))) * 1e3
     return out
 
 

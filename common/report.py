@@ -11,9 +11,7 @@ import shutil
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Iterable
-
-import numpy as np
+from typing import Any
 
 from common.backend_names import title
 from common.decision import collect_metrics, summary_records

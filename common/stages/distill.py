@@ -12,8 +12,8 @@ from common.markdown_table import table
 from common.report_index import ReportIndex, fmt_values
 from common.schema import bounds
 from common.stages.loop import RunContext, fit
-from common.stages.registry import MetricFactory, RowSink, SlotState, Stage, StageType, register
-from common.stages.train import training_csv_rows, training_time_metric
+from common.stages.registry import Stage, register
+from common.stages.train import TrainingStageType
 from common.stats import paired_difference
 from common.validity import blocking_reason, check_run, lineage
 
@@ -87,12 +87,8 @@ def _kd_verdict(d: Any, by_seed: dict[str, dict[int, float]], base: str, teacher
     return "**distillation helps**" if d.mean > 0 else "**distillation hurts**"
 
 
-class Distill(StageType):
+class Distill(TrainingStageType):
     name, config = "distill", DistillStage
-
-    def update(self, cfg: DistillStage, state: SlotState) -> None:
-        super().update(cfg, state)
-        state.trained.update(cfg.outputs())
 
     def run(self, ctx: RunContext, stage: Stage) -> dict[str, Any]:
         cfg: DistillStage = stage.config
@@ -103,15 +99,6 @@ class Distill(StageType):
                      cfg.bn_recalibration_batches)
         return {"model": out, "teacher": cfg.teacher, "method": cfg.method, "temperature": cfg.temperature,
                 "alpha": cfg.alpha, **result}
-
-    def metrics(self, metric: MetricFactory, backend: str, seed: int, result: dict, record: dict) -> None:
-        training_time_metric(metric, backend, seed, record)
-
-    def csv_rows(self, add: RowSink, result: dict, record: dict) -> None:
-        training_csv_rows(add, result, record)
-
-    def training_runs(self, record: dict) -> list[tuple[str, dict]]:
-        return [(record["name"], record)]
 
     def section(self, ix: ReportIndex, run_dir: Path, meta: dict) -> str:
         pairs = kd_pairs(meta)

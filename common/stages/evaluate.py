@@ -15,22 +15,13 @@ from common.markdown_table import table
 from common.metrics import classification_metrics
 from common.report_index import ReportIndex, fmt_values, paired_prediction_files
 from common.stages.loop import RunContext, evaluate_logits
-from common.stages.registry import MetricFactory, RowSink, Stage, StageType, register
+from common.stages.registry import MetricFactory, ModelsSlots, RowSink, Stage, StageType, register
 
 
 @dataclass(frozen=True)
-class EvaluateStage:
+class EvaluateStage(ModelsSlots):
     name: str
     models: tuple[str, ...] = field(metadata={"nonempty": True})
-
-    def outputs(self) -> tuple[str, ...]:
-        return ()
-
-    def inputs(self) -> tuple[str, ...]:
-        return self.models
-
-    def derived_from(self) -> dict[str, str]:
-        return {}
 
 
 def run_evaluate(ctx: RunContext, stage: Stage) -> dict[str, Any]:

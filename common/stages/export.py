@@ -15,23 +15,14 @@ from common.metrics import classification_metrics, latency_summary, logit_differ
 from common.pruning import name_artifact_layers, pruned_layer_sparsity
 from common.report_index import ReportIndex, batch_order, fmt_count, fmt_values
 from common.stages.loop import RunContext, compressed_size, predict_validation
-from common.stages.registry import MetricFactory, RowSink, Stage, StageType, register
+from common.stages.registry import MetricFactory, ModelsSlots, RowSink, Stage, StageType, register
 
 
 @dataclass(frozen=True)
-class ExportStage:
+class ExportStage(ModelsSlots):
     name: str
     models: tuple[str, ...] = field(metadata={"nonempty": True})
     measure: MeasureConfig = MeasureConfig()
-
-    def outputs(self) -> tuple[str, ...]:
-        return ()
-
-    def inputs(self) -> tuple[str, ...]:
-        return self.models
-
-    def derived_from(self) -> dict[str, str]:
-        return {}
 
 
 def run_export(ctx: RunContext, stage: Stage) -> dict[str, Any]:

@@ -8,8 +8,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
-
 from common.backend_names import color, marker, title
 from common.config import OptimizerConfig, ScheduleConfig
 from common.errors import RecipeError

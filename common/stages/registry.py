@@ -47,6 +47,20 @@ class OneModelSlots:
         return {self.output or self.model: self.model}
 
 
+class ModelsSlots:
+    """Slot bookkeeping for stages that read the slots in `models` and write none (evaluate, export)."""
+    models: tuple[str, ...]
+
+    def outputs(self) -> tuple[str, ...]:
+        return ()
+
+    def inputs(self) -> tuple[str, ...]:
+        return self.models
+
+    def derived_from(self) -> dict[str, str]:
+        return {}
+
+
 @dataclass
 class SlotState:
     """What validation knows about each model slot while it walks the stages in order."""

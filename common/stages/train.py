@@ -35,20 +35,13 @@ def training_time_metric(metric: MetricFactory, backend: str, seed: int, record:
         backend, seed, record["train_time_s"])
 
 
-class Train(StageType):
-    name, config = "train", TrainStage
+class TrainingStageType(StageType):
+    """A stage type that trains its output in the shared loop (train, distill): the output counts as trained,
+    and its record gives a training-time comparison, CSV rows and a Training-table row."""
 
-    def update(self, cfg: TrainStage, state: SlotState) -> None:
+    def update(self, cfg: Any, state: SlotState) -> None:
         super().update(cfg, state)
         state.trained.update(cfg.outputs())
-
-    def run(self, ctx: RunContext, stage: Stage) -> dict[str, Any]:
-        cfg: TrainStage = stage.config
-        out = cfg.output or cfg.model
-        model = ctx.output_model(cfg.model, out)
-        runner = ctx.backend.trainer(model, cfg.optimizer)
-        return {"model": out, **fit(ctx, stage, runner, model, cfg.epochs, cfg.optimizer, cfg.schedule,
-                                     cfg.bn_recalibration_batches)}
 
     def metrics(self, metric: MetricFactory, backend: str, seed: int, result: dict, record: dict) -> None:
         training_time_metric(metric, backend, seed, record)
@@ -58,6 +51,18 @@ class Train(StageType):
 
     def training_runs(self, record: dict) -> list[tuple[str, dict]]:
         return [(record["name"], record)]
+
+
+class Train(TrainingStageType):
+    name, config = "train", TrainStage
+
+    def run(self, ctx: RunContext, stage: Stage) -> dict[str, Any]:
+        cfg: TrainStage = stage.config
+        out = cfg.output or cfg.model
+        model = ctx.output_model(cfg.model, out)
+        runner = ctx.backend.trainer(model, cfg.optimizer)
+        return {"model": out, **fit(ctx, stage, runner, model, cfg.epochs, cfg.optimizer, cfg.schedule,
+                                     cfg.bn_recalibration_batches)}
 
 
 register(Train())
