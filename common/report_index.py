@@ -74,3 +74,35 @@ def paired_prediction_files(run_dir: Path, ix: ReportIndex, a: tuple[str, str], 
     """Per-sample comparison of (backend, slot) a and b on one seed, or None where predictions are missing."""
     files = [prediction_file(run_dir, ix, backend, seed, slot) for backend, slot in (a, b)]
     return paired_files(*files) if all(files) else None
+
+
+def delta_table(ix: ReportIndex, run_dir: Path, meta: dict, title_: str,
+                items: list[tuple[str, str, str, dict[int, float], dict[int, float], str]]) -> str:
+    """Compressed model against its parent across seeds: (stage, backend, 'parent → child', parent top-1 by seed,
+    child top-1 by seed, child slot) per row; the change paired by seed with its 95% interval, and a verdict only
+    where the numbers can carry one (common/validity.py)."""
+    from common.backend_names import title
+    from common.markdown_table import table
+    from common.stats import paired_difference
+    from common.validity import blocking_reason, check_run, lineage
+    if not items:
+        return ""
+    findings, family = check_run(run_dir, ix.results), lineage(meta)
+    rows = []
+    for stage, backend, pair, parent, child, slot in items:
+        d = paired_difference(parent, child)
+        cell = "–" if d is None else f"{d.mean * 100 + 0.0:+.2f} pts" + (
+            f" [{d.ci95[0] * 100 + 0.0:+.2f}, {d.ci95[1] * 100 + 0.0:+.2f}]" if d.ci95 else "")
+        reason = blocking_reason(findings, "accuracy", slot, family)
+        if reason:
+            verdict = f"no verdict: {reason}"
+        elif d is None or d.significant is None:
+            verdict = "no verdict: one seed"
+        elif d.significant:
+            verdict = f"**{'costs' if d.mean < 0 else 'gains'} {abs(d.mean) * 100:.2f} pts** (significant, {d.n} seeds)"
+        else:
+            verdict = f"no significant change ({d.n} seeds)"
+        rows.append([f"`{stage}`", title(backend), pair, fmt_values(list(parent.values()), 100, unit="%"),
+                     fmt_values(list(child.values()), 100, unit="%"), cell, verdict])
+    return (f"{title_}\n\n" + table(["stage", "backend", "parent → compressed", "parent top-1", "compressed top-1",
+                                     "change, pts [95% CI over seeds]", "verdict"], rows) + "\n")

@@ -14,7 +14,7 @@ from common.errors import RecipeError
 from common.markdown_table import table
 from common.metrics import classification_metrics
 from common.pruning import agp_sparsity, is_depthwise, magnitude_masks, prune_steps, select_layers, sparsity_of
-from common.report_index import ReportIndex, paired_prediction_files
+from common.report_index import ReportIndex, delta_table, paired_prediction_files
 from common.schema import bounds
 from common.stages.loop import RunContext, evaluate_logits, fit, start_from_reference
 from common.stages.registry import MetricFactory, OneModelSlots, SlotState, Stage, StageType, register
@@ -321,7 +321,27 @@ class Prune(StageType):
         return [record["history"]] if record.get("history") else []
 
     def section(self, ix: ReportIndex, run_dir: Path, meta: dict) -> str:
-        return pruning_section(ix)
+        out = pruning_section(ix)
+        items = []
+        for b in ix.backends:
+            evaluated = {(seed, slot): m["top1"] for seed, st in ix.stage_records(b, "evaluate")
+                         for slot, m in st["models"].items()}
+            by_stage: dict[str, list[tuple[int, dict]]] = {}
+            for seed, st in ix.stage_records(b, "prune"):
+                by_stage.setdefault(st["name"], []).append((seed, st))
+            for name, recs in by_stage.items():
+                st = recs[0][1]
+                child = {}
+                for seed, r in recs:  # the pruned model as evaluated at the end (after any fine-tuning)
+                    after = r.get("accuracy_after_prune") or r.get("final") or {}
+                    value = evaluated.get((seed, r["model"]), after.get("top1", after.get("val_top1")))
+                    if value is not None:
+                        child[seed] = value
+                items.append((name, b, f"`{st['source']}` → `{st['model']}`",
+                              {seed: r["accuracy_before"]["top1"] for seed, r in recs}, child, st["model"]))
+        table_ = delta_table(ix, run_dir, meta, "**Pruned against its parent across seeds** (top-1 before pruning "
+                             "and of the pruned model as evaluated at the end, paired by seed):", items)
+        return out + table_
 
     def parent_rows(self, ix: ReportIndex, run_dir: Path, backend: str) -> list[list[Any]]:
         rows = []

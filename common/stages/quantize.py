@@ -22,7 +22,7 @@ from common.errors import RecipeError
 from common.load import LoadMeter
 from common.markdown_table import table
 from common.metrics import classification_metrics, latency_summary, paired_predictions, time_alternating
-from common.report_index import ReportIndex, batch_order
+from common.report_index import ReportIndex, batch_order, delta_table
 from common.schema import bounds
 from common.stages.loop import RunContext, fit, predict_validation, start_from_reference
 from common.stages.registry import MetricFactory, RowSink, SlotState, Stage, StageType, register
@@ -321,7 +321,20 @@ class Quantize(StageType):
         return [hist] if hist else []
 
     def section(self, ix: ReportIndex, run_dir: Path, meta: dict) -> str:
-        return quantization_section(ix)
+        out = quantization_section(ix)
+        items = []
+        for b in ix.backends:
+            by_stage: dict[str, list[tuple[int, dict]]] = {}
+            for seed, st in ix.stage_records(b, "quantize"):
+                by_stage.setdefault(st["name"], []).append((seed, st))
+            for name, recs in by_stage.items():
+                st = recs[0][1]
+                items.append((name, b, f"`{st['source']}` → `{st['model']}`",
+                              {seed: r["fp32"]["top1"] for seed, r in recs}, {seed: r["int8"]["top1"] for seed, r in recs},
+                              st["model"]))
+        table_ = delta_table(ix, run_dir, meta, "**int8 against fp32 across seeds** (top-1 of the two files, paired by "
+                             "seed):", items)
+        return out + table_
 
     def parent_rows(self, ix: ReportIndex, run_dir: Path, backend: str) -> list[list[Any]]:
         return [[title(backend), str(seed), f"`{st['source']}` → `{st['model']}`", f"int8 {st['mode']}",

@@ -150,3 +150,21 @@ def test_contended_timings_withhold_only_their_own_rows(tmp_path: Path):
     rows = {line.split("|")[2].strip(): line for line in md.splitlines() if line.startswith(("| latency |", "| size |"))}
     assert "no verdict: timed under background load" in rows["batch 1 p50 `teacher`"]
     assert "no verdict" not in rows["batch 1 p50 `student_kd`"] and "no verdict" not in rows["file `teacher`"]
+
+
+def test_int8_against_fp32_across_seeds_gets_an_interval_and_a_verdict_only_when_valid(tmp_path: Path):
+    from tests.unit.test_results_and_report import _quant_stage
+    results = runs({"fp32": 0.95})
+    for r in results:
+        q = _quant_stage(5.0, 2.0)
+        q["int8"]["top1"] = 0.90 - 0.001 * r["seed"]  # 5.0, 5.1, 5.2 points lost
+        q["fp32"]["top1"] = 0.95
+        r["stages"].insert(len(r["stages"]) - 1, q)  # before the evaluate stage make_run reads
+    md = write_report(make_run(tmp_path, results)).read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| `ptq` | PyTorch | `fp32` → `int8`"))
+    assert "-5.10 pts [" in row and "**costs 5.10 pts** (significant, 3 seeds)" in row
+    # the same numbers over two seeds carry no verdict
+    two = [r for r in results if r["seed"] < 2]
+    md2 = write_report(make_run(tmp_path / "two", two)).read_text()
+    row2 = next(line for line in md2.splitlines() if line.startswith("| `ptq` | PyTorch | `fp32` → `int8`"))
+    assert "no verdict: 2 seed(s)" in row2
