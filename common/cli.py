@@ -12,7 +12,7 @@ import yaml
 from backends.capabilities import check_capabilities
 from common.errors import SlimbenchError, Terminated, UsageError
 from common.recipe import BACKENDS, builtin_recipes, load_recipe, recipe_to_dict
-from common.results import atomic_write_text, check_publish_target, read_run_meta
+from common.results import atomic_write_text, check_publish_target, read_json, read_run_meta
 
 
 def _seeds(text: str) -> tuple[int, ...]:
@@ -129,7 +129,7 @@ def run_recipe(argv: list[str] | None = None) -> int:
         outcome = run(recipe, backends, _writable_dir(a.out, "--out"), command, threads)
     report = write_report(outcome.run_dir)
     print(f"\nresults: {outcome.run_dir}/<backend>/seed-<n>/result.json\nreport:  {report}")
-    _warn_validity(outcome.run_dir)
+    _warn_validity(report.parent / "results.json")
     if outcome.failures:
         print("\nFAILED:\n" + "\n".join(f"  - {f}" for f in outcome.failures), file=sys.stderr)
         return 1
@@ -148,12 +148,11 @@ def _refuse_contended(run_dir: Path, allowed: bool) -> None:
                          "--allow-contended (make reports FORCE=1)")
 
 
-def _warn_validity(run_dir: Path) -> None:
-    """One line per failed validity check: the rows they concern have no verdict in the report."""
-    from common.results import load_results
-    from common.validity import check_run
-    for f in check_run(run_dir, load_results(run_dir)):
-        print(f"warning: {' '.join(f.message.replace('`', '').split())}", file=sys.stderr)
+def _warn_validity(results_json: Path) -> None:
+    """One line per failed validity check (as the report just wrote them to results.json): the rows they
+    concern have no verdict in the report."""
+    for f in read_json(results_json)["validity"]:
+        print(f"warning: {' '.join(f['message'].replace('`', '').split())}", file=sys.stderr)
 
 
 def _headline(desc: str, width: int = 90) -> str:

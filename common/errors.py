@@ -36,6 +36,11 @@ class Terminated(BaseException):
     """SIGTERM reached the process: unwinds like KeyboardInterrupt so every layer records 'interrupted'."""
 
 
+def raise_terminated(signum: int, frame: object) -> None:
+    """SIGTERM handler (runner and worker): turn the signal into Terminated."""
+    raise Terminated()
+
+
 class DataError(SlimbenchError):
     """A dataset is missing or corrupt: the message names the path and the expected layout."""
 

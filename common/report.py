@@ -24,7 +24,7 @@ from common.report_index import ReportIndex, fmt_values
 from common.results import atomic_write_bytes, atomic_write_text, load_results, read_json
 from common.stages.export import deployment_runtimes
 from common.stages.registry import in_section_order, stage_type, stage_types
-from common.validity import blocker, check_run, validity_section
+from common.validity import blocker, validity_section
 
 PLOTS_DIR = "plots"
 
@@ -58,13 +58,14 @@ def _figures_section(figures: list[Figure]) -> str:
     return "".join(out)
 
 
-def build_markdown(run_dir: Path, results: list[dict], meta: dict, figures: list[Figure] = ()) -> str:
+def build_markdown(run_dir: Path, results: list[dict], meta: dict, figures: list[Figure] = (),
+                   ix: ReportIndex | None = None) -> str:
     """report.md: the header, the decision summary and plots, each stage type's section, then what a reader
     needs to trust the comparison (training, same start, same data, what differs, reproducibility)."""
-    ix = ReportIndex(results)
-    findings = check_run(run_dir, results)
+    ix = ix or ReportIndex(results)
+    findings, family = ix.validity(run_dir, meta)
     parts = [_header(run_dir, results, meta, ix), _failures(results), validity_section(findings),
-             decision_section(results, ix.backends, blocker(findings, meta)),
+             decision_section(results, ix.backends, blocker(findings, family)),
              _figures_section(figures), *(kind.section(ix, run_dir, meta) for kind in in_section_order()),
              _parent_section(run_dir, ix), _training_section(ix), _parity_section(results, meta),
              _data_section(results),
@@ -282,7 +283,8 @@ def _write_report(run_dir: Path, out_dir: Path, results: list[dict], meta: dict)
     out_dir.mkdir(parents=True, exist_ok=True)
     if out_dir.resolve() != run_dir.resolve() and (run_dir / "run.json").is_file():
         _copy_run(run_dir, out_dir)
-    backends, metrics = ReportIndex(results).backends, collect_metrics(results)
+    ix = ReportIndex(results)
+    backends, metrics = ix.backends, collect_metrics(results)
     figures = report_figures(results, backends, metrics)
     plots = out_dir / PLOTS_DIR
     if plots.is_dir():
@@ -291,7 +293,7 @@ def _write_report(run_dir: Path, out_dir: Path, results: list[dict], meta: dict)
     plots.mkdir(exist_ok=True)
     for f in figures:
         atomic_write_bytes(plots / f"{f.name}.png", f.png)
-    md = build_markdown(run_dir, results, meta, figures)
+    md = build_markdown(run_dir, results, meta, figures, ix)
     rows = flat_rows(results)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=["backend", "seed", "stage", "model", "metric", "value"])
@@ -299,8 +301,8 @@ def _write_report(run_dir: Path, out_dir: Path, results: list[dict], meta: dict)
     writer.writerows(rows)
     atomic_write_text(out_dir / "results.csv", buf.getvalue())
     run_id = results[0].get("run_id", run_dir.name)
-    findings = check_run(run_dir, results)
-    summary = summary_records(metrics, backends, blocker(findings, meta))
+    findings, family = ix.validity(run_dir, meta)
+    summary = summary_records(metrics, backends, blocker(findings, family))
     atomic_write_text(out_dir / "results.json", json.dumps({"run": run_id, "validity": [f.as_dict() for f in findings],
                                                            "summary": summary, "rows": rows}, indent=1) + "\n")
     path = out_dir / "report.md"

@@ -6,9 +6,11 @@ from typing import Any
 
 import numpy as np
 
-from common.backend_names import ordered
+from common.backend_names import ordered, title
+from common.markdown_table import table
 from common.metrics import paired_predictions
-from common.stats import summarize
+from common.stats import paired_difference, summarize
+from common.validity import Finding, blocking_reason, check_run, lineage, prediction_path
 
 
 class ReportIndex:
@@ -17,6 +19,14 @@ class ReportIndex:
     def __init__(self, results: list[dict]):
         self.results = results
         self.backends = ordered(r["backend"] for r in results)
+        self._validity: tuple[list[Finding], dict[str, set[str]]] | None = None
+
+    def validity(self, run_dir: Path, meta: dict) -> tuple[list[Finding], dict[str, set[str]]]:
+        """The run's validity findings and slot lineage, computed once per report (the checks read every saved
+        prediction file) and shared by the summary, results.json and every section that gives a verdict."""
+        if self._validity is None:
+            self._validity = (check_run(run_dir, self.results), lineage(meta))
+        return self._validity
 
     def stage_records(self, backend: str, stage_type: str) -> list[tuple[int, dict]]:
         return [(r["seed"], st) for r in self.results if r["backend"] == backend
@@ -54,10 +64,9 @@ def batch_order(bs: str) -> tuple[int, str]:
 
 def prediction_file(run_dir: Path, ix: ReportIndex, backend: str, seed: int, slot: str) -> Path | None:
     """The saved validation predictions of a model slot (from the evaluate stage), if there are any on disk."""
-    for s, st in ix.stage_records(backend, "evaluate"):
-        rel = st["models"].get(slot, {}).get("predictions") if s == seed else None
-        if rel and (run_dir / backend / f"seed-{seed}" / rel).is_file():
-            return run_dir / backend / f"seed-{seed}" / rel
+    for r in ix.results:
+        if r["backend"] == backend and r["seed"] == seed:
+            return prediction_path(run_dir, r, slot)
     return None
 
 
@@ -81,13 +90,9 @@ def delta_table(ix: ReportIndex, run_dir: Path, meta: dict, title_: str,
     """Compressed model against its parent across seeds: (stage, backend, 'parent → child', parent top-1 by seed,
     child top-1 by seed, child slot) per row; the change paired by seed with its 95% interval, and a verdict only
     where the numbers can carry one (common/validity.py)."""
-    from common.backend_names import title
-    from common.markdown_table import table
-    from common.stats import paired_difference
-    from common.validity import blocking_reason, check_run, lineage
     if not items:
         return ""
-    findings, family = check_run(run_dir, ix.results), lineage(meta)
+    findings, family = ix.validity(run_dir, meta)
     rows = []
     for stage, backend, pair, parent, child, slot in items:
         d = paired_difference(parent, child)

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common.errors import Terminated
+from common.errors import Terminated, raise_terminated
 from common.progress import MARK, fmt_duration
 from common.recipe import Recipe
 from common.sysinfo import cpu_vendor
@@ -89,10 +89,6 @@ def run_worker(args: list[str], log_path: Path, label: str, threads: int,
         code = proc.wait()
         log.write(f"# exit code {code}\n")
     return code
-
-
-def _raise_terminated(signum: int, frame: object) -> None:
-    raise Terminated()
 
 
 def _last_error(log_path: Path) -> str:
@@ -176,7 +172,7 @@ def resume_run(run_dir: Path, add_seeds: tuple[int, ...] = ()) -> RunOutcome:
 
 
 def _execute(run_dir: Path, recipe: Recipe, backends: list[str], threads: int, resume: bool) -> RunOutcome:
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    previous = signal.signal(signal.SIGTERM, raise_terminated)
     try:
         return _execute_all(run_dir, recipe, backends, threads, resume)
     except (KeyboardInterrupt, Terminated) as stop:

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from common.backend_names import title
+from common.config import DATASET_CLASSES
 
 MIN_SEEDS = 3  # a Student-t interval over fewer paired seeds is too wide (t(1) = 12.7) to separate frameworks
 CHANCE_MARGIN = 0.05  # top-1 within 5 points of 1/num_classes counts as chance
@@ -22,12 +23,11 @@ COLLAPSE_SHARE = 0.5  # one predicted class holding half the validation samples 
 PLATEAU_GAIN = 0.01  # validation top-1 still rising by a point over the last epoch: not converged
 MIN_CLASS_SAMPLES = 10  # a validation class with fewer images gives its per-class accuracy in steps of >10 points
 DEGENERATE_LOGITS = 1e-3  # largest |logit| of the parity probe below this: the check compared near-zero numbers
-_KNOWN_CLASSES = {"digits": 10, "cifar10": 10, "cifar100": 100}
 
 
 @dataclass(frozen=True)
 class Finding:
-    check: str  # chance | collapsed | not_converged | split | parity | seeds
+    check: str  # chance | collapsed | not_converged | split | parity | seeds | contended
     subject: str  # the model slot or stage it concerns; "" for the whole run
     message: str  # one line a team can act on
     backend: str | None = None
@@ -53,7 +53,8 @@ _SHORT = {
 }
 
 
-def _prediction_files(run_dir: Path, r: dict, slot: str) -> Path | None:
+def prediction_path(run_dir: Path, r: dict, slot: str) -> Path | None:
+    """The validation predictions one result's evaluate stage saved for a model slot, if they are on disk."""
     for st in r.get("stages", []):
         if st.get("type") == "evaluate" and st.get("status") == "ok":
             rel = (st.get("models", {}).get(slot) or {}).get("predictions")
@@ -70,13 +71,13 @@ def num_classes(run_dir: Path, results: list[dict]) -> int | None:
         if isinstance(k, int):
             return k
     for r in results:
-        k = _KNOWN_CLASSES.get((r.get("data") or {}).get("dataset", ""))
+        k = DATASET_CLASSES.get((r.get("data") or {}).get("dataset", ""))
         if k:
             return k
     for r in results:
         for st in r.get("stages", []):
             for slot in (st.get("models") or {}) if st.get("type") == "evaluate" else ():
-                path = _prediction_files(run_dir, r, slot)
+                path = prediction_path(run_dir, r, slot)
                 if path is not None:
                     return int(np.load(path)["label"].max()) + 1
     return None
@@ -97,7 +98,7 @@ def _model_findings(run_dir: Path, results: list[dict], k: int | None) -> list[F
                     out.setdefault(("chance", slot, r["backend"]), Finding(
                         "chance", slot, f"`{slot}` at chance level on {who} (seed {r['seed']}: top-1 "
                         f"{m['top1'] * 100:.1f}%, chance {100 / k:.1f}%)", r["backend"]))
-                path = _prediction_files(run_dir, r, slot)
+                path = prediction_path(run_dir, r, slot)
                 if path is None or not k or k < 4:
                     continue
                 pred = np.load(path)["pred"]
@@ -157,7 +158,7 @@ def _split_findings(run_dir: Path, results: list[dict], k: int | None) -> list[F
         if counts is None:
             for st in r.get("stages", []):
                 for slot in (st.get("models") or {}) if st.get("type") == "evaluate" else ():
-                    path = _prediction_files(run_dir, r, slot)
+                    path = prediction_path(run_dir, r, slot)
                     if path is not None:
                         counts = np.bincount(np.load(path)["label"], minlength=k or 0).tolist()
                         break
@@ -211,20 +212,14 @@ def _load_findings(results: list[dict]) -> list[Finding]:
                 f"{load['background_cores']:.2f} cores (seed {r['seed']}; above {load['threshold_cores']} core)",
                 r["backend"], groups=(group,)))
 
+    from common.stages.registry import stage_type
     for r in results:
         for st in r.get("stages", []):
-            if st.get("status") != "ok":
+            kind = stage_type(st["type"])
+            if st.get("status") != "ok" or kind is None:
                 continue
-            for slot, m in (st.get("models") or {}).items() if st.get("type") == "export" else ():
-                for bs, lat in m.get("latency", {}).items():
-                    flag("latency", slot, f"`{slot}`'s batch-{bs} latency", lat.get("load"), r)
-            for kind in ("fp32", "int8"):
-                rec = st.get(kind) if isinstance(st.get(kind), dict) else None
-                slot = st.get("model") if kind == "int8" else st.get("source")
-                for bs, lat in (rec or {}).get("latency", {}).items():
-                    flag("latency", slot, f"`{slot}`'s batch-{bs} latency", lat.get("load"), r)
-            for _, rec in training_records(st):
-                flag("training time", st["name"], f"`{st['name']}`'s training", rec.get("load"), r)
+            for group, subject, what, load in kind.timings(st):
+                flag(group, subject, what, load, r)
     return list(out.values())
 
 
@@ -236,19 +231,25 @@ def check_run(run_dir: Path, results: list[dict]) -> list[Finding]:
 
 
 def lineage(meta: dict) -> dict[str, set[str]]:
-    """slot -> every slot it was made from (itself included), from the recipe recorded in run.json."""
+    """slot -> every slot it was made from (itself included), from the recipe recorded in run.json: each stage's
+    config says which output it derives from which input (`derived_from`)."""
+    from common.errors import RecipeError
+    from common.schema import parse
+    from common.stages.registry import stage_types
     parents: dict[str, set[str]] = {}
-    for item in (meta.get("recipe") or {}).get("stages", []):
+    types = stage_types()
+    for i, item in enumerate((meta.get("recipe") or {}).get("stages", [])):
         if not isinstance(item, dict) or len(item) != 1:
             continue
-        (stype, cfg), = item.items()
-        if not isinstance(cfg, dict):
+        (stype, body), = item.items()
+        if stype not in types:
             continue
-        src = cfg.get("student") if stype == "distill" else cfg.get("model")
-        if stype in ("evaluate", "export") or not isinstance(src, str):
+        try:
+            cfg = parse(types[stype].config, body, "run.json", f"recipe.stages[{i}].{stype}")
+        except RecipeError:  # a stage recorded by another slimbench version: no lineage from it
             continue
-        out = cfg.get("output") or (f"{src}_int8" if stype == "quantize" else src)
-        parents.setdefault(out, set()).add(src)
+        for out, src in cfg.derived_from().items():
+            parents.setdefault(out, set()).add(src)
     def ancestors(slot: str, seen: frozenset = frozenset()) -> set[str]:
         if slot in seen:
             return {slot}
@@ -281,10 +282,9 @@ def blocking_reason(findings: list[Finding], group: str, subject: str | None,
     return None
 
 
-def blocker(findings: list[Finding], meta: dict):
-    """The decision summary's Blocker for these findings: metric -> why it gets no verdict, or None."""
+def blocker(findings: list[Finding], family: dict[str, set[str]]):
+    """The decision summary's Blocker for these findings and slot lineage: metric -> why it gets no verdict."""
     from common.decision import subject
-    family = lineage(meta)
     return lambda m: blocking_reason(findings, m.group, subject(m), family)
 
 

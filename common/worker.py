@@ -21,7 +21,7 @@ import numpy as np
 from backends.base import QuantizedModel, load_backend
 from backends.capabilities import capability_record, require_supported
 from common.data import BatchStream, load_dataset
-from common.errors import ParityError, RecipeError, SlimbenchError, Terminated
+from common.errors import ParityError, RecipeError, SlimbenchError, Terminated, raise_terminated
 from common.metrics import logit_difference
 from common.progress import Progress
 from common.recipe import Recipe, validate
@@ -266,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, required=True)
     p.add_argument("--resume", action="store_true", help="keep completed stages of an earlier attempt")
     a = p.parse_args(argv)
-    signal.signal(signal.SIGTERM, _raise_terminated)
+    signal.signal(signal.SIGTERM, raise_terminated)
     try:
         if a.command == "init":
             try:
@@ -284,10 +284,6 @@ def main(argv: list[str] | None = None) -> int:
         return 143
     except KeyboardInterrupt:
         return 130
-
-
-def _raise_terminated(signum: int, frame: object) -> None:
-    raise Terminated()
 
 
 if __name__ == "__main__":

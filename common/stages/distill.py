@@ -15,7 +15,7 @@ from common.stages.loop import RunContext, fit
 from common.stages.registry import Stage, register
 from common.stages.train import TrainingStageType
 from common.stats import paired_difference
-from common.validity import blocking_reason, check_run, lineage
+from common.validity import blocking_reason
 
 
 @dataclass(frozen=True)
@@ -104,8 +104,7 @@ class Distill(TrainingStageType):
         pairs = kd_pairs(meta)
         if not pairs:
             return ""
-        findings = check_run(run_dir, ix.results)
-        family = lineage(meta)
+        findings, family = ix.validity(run_dir, meta)
         rows = []
         for stage, base, kd in pairs:
             teacher = _teacher_of(meta, stage)

@@ -131,5 +131,9 @@ class Export(StageType):
     def section(self, ix: ReportIndex, run_dir: Path, meta: dict) -> str:
         return artifacts_section(ix)
 
+    def timings(self, record: dict) -> list[tuple[str, str, str, dict | None]]:
+        return [("latency", slot, f"`{slot}`'s batch-{bs} latency", lat.get("load"))
+                for slot, m in record["models"].items() for bs, lat in m["latency"].items()]
+
 
 register(Export())

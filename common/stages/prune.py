@@ -317,6 +317,11 @@ class Prune(StageType):
             metric("training time", f"`{record['name']}` ({record['steps']} steps)", " s", False, digits=1).add(
                 backend, seed, record["train_time_s"])
 
+    def timings(self, record: dict) -> list[tuple[str, str, str, dict | None]]:
+        if not record.get("history"):  # a one-shot prune trains nothing
+            return []
+        return [("training time", record["name"], f"`{record['name']}`'s training", record.get("load"))]
+
     def histories(self, record: dict) -> list[list[dict]]:
         return [record["history"]] if record.get("history") else []
 

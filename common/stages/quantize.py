@@ -145,8 +145,9 @@ def measure_pair(ctx: RunContext, stage: Stage, fp32_artifact: ExportedArtifact,
         with LoadMeter() as load:
             times = time_alternating({"fp32": lambda: fp32_predict(x), "int8": lambda: qm.predict(x)},
                                      cfg.measure.warmup, cfg.measure.repeats)
-        fp32_lat[str(bs)] = {**latency_summary(times["fp32"]), "load": load.record()}
-        int8_lat[str(bs)] = {**latency_summary(times["int8"]), "load": load.record()}
+        window = load.record()  # one window: fp32 and int8 were timed in alternation
+        fp32_lat[str(bs)] = {**latency_summary(times["fp32"]), "load": window}
+        int8_lat[str(bs)] = {**latency_summary(times["int8"]), "load": dict(window)}
         if load.warning(f"the batch-{bs} int8/fp32 latency"):
             ctx.progress.say(load.warning(f"the batch-{bs} int8/fp32 latency"))
         speedup[str(bs)] = fp32_lat[str(bs)]["p50_ms"] / int8_lat[str(bs)]["p50_ms"]
@@ -315,6 +316,12 @@ class Quantize(StageType):
         if not record.get("qat"):  # QAT fine-tuning is training too
             return []
         return [(f"{record['name']} (QAT)", {"model": record["model"], **record["qat"]})]
+
+    def timings(self, record: dict) -> list[tuple[str, str, str, dict | None]]:
+        latency = [("latency", slot, f"`{slot}`'s batch-{bs} latency", lat.get("load"))
+                   for kind, slot in (("fp32", record["source"]), ("int8", record["model"]))
+                   for bs, lat in record[kind]["latency"].items()]
+        return latency + super().timings(record)
 
     def histories(self, record: dict) -> list[list[dict]]:
         hist = record.get("history") or (record.get("qat") or {}).get("history")

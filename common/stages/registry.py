@@ -122,6 +122,12 @@ class StageType:
         """Per-epoch histories this stage trained through (the training-curves figure)."""
         return [run["history"] for _, run in self.training_runs(record) if run.get("history")]
 
+    def timings(self, record: dict) -> list[tuple[str, str, str, dict | None]]:
+        """(decision group, subject, what, load record) of every timed window the stage recorded: the validity
+        checks flag those taken under background load (common/load.py)."""
+        return [("training time", record["name"], f"`{record['name']}`'s training", run.get("load"))
+                for _, run in self.training_runs(record)]
+
     def figures(self, results: list[dict], backends: list[str]) -> list[Any]:
         """Figures (common.report.plots.Figure) only this stage type can draw."""
         return []
