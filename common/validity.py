@@ -27,7 +27,7 @@ DEGENERATE_LOGITS = 1e-3  # largest |logit| of the parity probe below this: the 
 
 @dataclass(frozen=True)
 class Finding:
-    check: str  # chance | collapsed | not_converged | split | parity | seeds | contended
+    check: str  # chance | collapsed | not_converged | split | parity | seeds | contended | load_unknown
     subject: str  # the model slot or stage it concerns; "" for the whole run
     message: str  # one line a team can act on
     backend: str | None = None
@@ -50,6 +50,7 @@ _SHORT = {
     "collapsed": lambda f: f"`{f.subject}` predictions collapsed" + (f" on {title(f.backend)}" if f.backend else ""),
     "not_converged": lambda f: f"`{f.subject}` not converged",
     "contended": lambda f: "timed under background load" + (f" on {title(f.backend)}" if f.backend else ""),
+    "load_unknown": lambda f: "background load not recorded",
 }
 
 
@@ -213,14 +214,23 @@ def _load_findings(results: list[dict]) -> list[Finding]:
                 r["backend"], groups=(group,)))
 
     from common.stages.registry import stage_type
+    unmeasured: dict[str, int] = {}
     for r in results:
         for st in r.get("stages", []):
             kind = stage_type(st["type"])
             if st.get("status") != "ok" or kind is None:
                 continue
             for group, subject, what, load in kind.timings(st):
+                if not load or load.get("background_cores") is None:
+                    unmeasured[group] = unmeasured.get(group, 0) + 1
                 flag(group, subject, what, load, r)
-    return list(out.values())
+    found = list(out.values())
+    if unmeasured:  # a quiet machine that cannot be shown is not a quiet machine
+        n = sum(unmeasured.values())
+        found.append(Finding("load_unknown", "", f"background load was not recorded for {n} timing(s) (results "
+                             "from before slimbench measured it, or no /proc/stat): a quiet machine is not shown",
+                             groups=tuple(sorted(unmeasured)), short="background load not recorded"))
+    return found
 
 
 def check_run(run_dir: Path, results: list[dict]) -> list[Finding]:
@@ -269,8 +279,8 @@ def blocking_reason(findings: list[Finding], group: str, subject: str | None,
     every row of that model and of the models made from it; training-time rows are timing only."""
     related = family.get(subject or "", {subject} if subject else set())
     for f in findings:
-        if f.groups:  # scoped to its own rows (timings of one model or stage)
-            if group in f.groups and f.subject == subject:
+        if f.groups:  # scoped to its own rows (timings of one model or stage; every timing where subject is "")
+            if group in f.groups and f.subject in ("", subject):
                 return f.short
             continue
         if f.check == "seeds":

@@ -16,7 +16,9 @@ META = {"recipe_name": "kd", "recipe_source": "kd.yaml", "profile": "default", "
 def result(backend: str, seed: int, top1: float, ms: float) -> dict:
     export = {"name": "export", "type": "export", "status": "ok", "models": {"net": {
         "size_bytes": 1000, "size_mb": 0.001, "params": 10, "macs": 100, "flops": 200, "artifact_top1": top1,
-        "latency": {"1": {"p50_ms": ms, "p90_ms": ms * 1.1}}, "runtime": f"{backend} runtime", "format": "file"}}}
+        "latency": {"1": {"p50_ms": ms, "p90_ms": ms * 1.1, "load": {"background_cores": 0.0, "contended": False,
+                                                                    "threshold_cores": 0.1}}},
+        "runtime": f"{backend} runtime", "format": "file"}}}
     evaluate = {"name": "evaluate", "type": "evaluate", "status": "ok",
                 "models": {"net": {"top1": top1, "top5": 1.0, "loss": 0.3}}}
     return {"schema_version": SCHEMA_VERSION, "backend": backend, "seed": seed, "status": "ok", "run_id": "run-1",

@@ -19,6 +19,7 @@ META = {"recipe_name": "kd", "recipe_source": "kd.yaml", "profile": "default", "
             {"train": {"name": "train_student", "model": "student", "output": "student_baseline"}},
             {"distill": {"name": "distill", "teacher": "teacher", "student": "student", "output": "student_kd"}},
             {"evaluate": {"name": "evaluate", "models": ["teacher", "student_baseline", "student_kd"]}}]}}
+QUIET = {"background_cores": 0.0, "contended": False, "threshold_cores": 0.1}
 GOOD_HISTORY = [{"epoch": 1, "val_top1": 0.80, "train_loss": 1.0}, {"epoch": 2, "val_top1": 0.95, "train_loss": 0.2},
                 {"epoch": 3, "val_top1": 0.953, "train_loss": 0.1}]
 
@@ -26,7 +27,7 @@ GOOD_HISTORY = [{"epoch": 1, "val_top1": 0.80, "train_loss": 1.0}, {"epoch": 2, 
 def train_record(name: str, model: str, history: list[dict]) -> dict:
     return {"name": name, "type": "train", "status": "ok", "model": model, "epochs": len(history),
             "steps": 10 * len(history), "train_time_s": 5.0, "time_per_step_s": 0.5, "history": history,
-            "final": history[-1]}
+            "final": history[-1], "load": QUIET}
 
 
 def result(backend: str, seed: int, top1: dict[str, float], histories: dict[str, list[dict]] | None = None,
@@ -168,3 +169,19 @@ def test_int8_against_fp32_across_seeds_gets_an_interval_and_a_verdict_only_when
     md2 = write_report(make_run(tmp_path / "two", two)).read_text()
     row2 = next(line for line in md2.splitlines() if line.startswith("| `ptq` | PyTorch | `fp32` → `int8`"))
     assert "no verdict: 2 seed(s)" in row2
+
+
+def test_timings_without_a_load_record_carry_no_verdict(tmp_path: Path):
+    """Results from before load was measured cannot show a quiet machine: their timing rows get no verdict."""
+    results = runs({"teacher": 0.95})
+    for r in results:
+        del r["stages"][0]["load"]
+        r["stages"][0]["train_time_s"] = 5.0 if r["backend"] == "torch" else 9.0 + r["seed"]
+    run = make_run(tmp_path, results)
+    found = checks(run)
+    assert list(found) == ["load_unknown"] and "not recorded for 6 timing(s)" in found["load_unknown"][0]
+    md = write_report(run).read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| training time |"))
+    assert "no verdict: background load not recorded" in row
+    acc = next(line for line in md.splitlines() if line.startswith("| accuracy |"))
+    assert "no verdict" not in acc
