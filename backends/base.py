@@ -18,7 +18,8 @@ from common.config import ModelConfig, OptimizerConfig, RuntimeConfig
 if TYPE_CHECKING:  # the stage module imports backends.base: a runtime import would be circular
     from common.stages.quantize import QuantizeStage
 
-__all__ = ["Backend", "StepRunner", "ExportedArtifact", "QuantizedModel", "load_backend", "UnsupportedStage"]
+__all__ = ["Backend", "StepRunner", "ExportedArtifact", "QuantizedModel", "DistillTerm", "DistillPlan", "load_backend",
+           "UnsupportedStage"]
 
 
 class StepRunner(Protocol):
@@ -30,6 +31,30 @@ class StepRunner(Protocol):
     a quarter of the bytes; measured in benchmarks/README.md)."""
 
     def step(self, x: np.ndarray, y: np.ndarray, lr: float) -> float: ...
+
+
+@dataclass(frozen=True)
+class DistillTerm:
+    """One term of a distillation loss as a backend computes it; common/stages/distill.py plans it from the
+    recipe (kinds, parameters, layers resolved to the backend's own module names, adapters' initial weights)."""
+    kind: str  # kd | ce | hard_label | feature | attention | dkd
+    params: dict[str, Any] = field(default_factory=dict)  # temperature, alpha, beta, distance, p
+    pairs: tuple[tuple[str, str], ...] = ()  # (teacher layer, student layer), the backend's module names
+    # Per pair: the initial weight (teacher channels, student channels, 1, 1) of a 1x1 conv + BN adapter on the
+    # student's feature, the same array on every backend; None: no adapter.
+    adapters: tuple[np.ndarray | None, ...] = ()
+
+
+@dataclass(frozen=True)
+class DistillPlan:
+    """The loss a distiller minimises: sum of scale_i * term_i, the scales given per epoch (DKD's warm-up)."""
+    terms: tuple[DistillTerm, ...]
+
+    def teacher_layers(self) -> list[str]:
+        return list(dict.fromkeys(t for term in self.terms for t, _ in term.pairs))
+
+    def student_layers(self) -> list[str]:
+        return list(dict.fromkeys(s for term in self.terms for _, s in term.pairs))
 
 
 @dataclass
@@ -83,12 +108,19 @@ class Backend(Protocol):
 
     def trainer(self, model: Any, opt: OptimizerConfig) -> StepRunner: ...
 
-    def distiller(self, student: Any, teacher: Any, opt: OptimizerConfig, temperature: float,
-                  alpha: float) -> StepRunner: ...
+    def distiller(self, student: Any, teacher: Any, opt: OptimizerConfig, plan: DistillPlan) -> StepRunner:
+        """A student step against the frozen teacher (eval mode) on the plan's loss; the runner also has
+        `set_scales(scales)` (one per term, from the next step on) and `close()` (removes its feature hooks)."""
 
-    def kd_loss(self, student_logits: np.ndarray, teacher_logits: np.ndarray, labels: np.ndarray,
-                temperature: float, alpha: float) -> float:
-        """The backend's distillation loss on given logits (for the cross-framework loss parity test)."""
+    def feature_shapes(self, model: Any, layers: list[str], x: np.ndarray) -> dict[str, tuple[tuple[int, ...], int]]:
+        """Output shape and calls per forward of each named layer (own module names) on input `x`, in eval mode
+        through the framework's hook mechanism, leaving the model unchanged."""
+
+    def distill_loss(self, plan: DistillPlan, scales: list[float], student_logits: np.ndarray,
+                     teacher_logits: np.ndarray, labels: np.ndarray, student_features: dict[str, np.ndarray],
+                     teacher_features: dict[str, np.ndarray]) -> float:
+        """The backend's distillation loss on given tensors (adapters in training mode, as in a step): the
+        cross-framework loss parity tests compare it."""
 
     def recalibrate_bn(self, model: Any, batches: Iterable[np.ndarray]) -> None:
         """Reset BN running stats and set them to the cumulative average over `batches` (train mode, no grad)."""

@@ -329,7 +329,7 @@ def validate(data: dict, source: str, profile: str) -> Recipe:
     if not isinstance(raw_stages, list) or not raw_stages:
         raise RecipeError(source, "stages", "a non-empty list of stages", raw_stages)
     stages: list[Stage] = []
-    state = SlotState(slots=set(models))
+    state = SlotState(slots=set(models), archs={slot: m.arch for slot, m in models.items()})
     types = stage_types()
     for i, item in enumerate(raw_stages):
         spath = f"stages[{i}]"
@@ -374,7 +374,9 @@ def recipe_to_dict(recipe: Recipe) -> dict:
         if isinstance(obj, Stage):
             return {obj.type: plain(obj.config)}
         if dataclasses.is_dataclass(obj):
-            return {f.name: plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+            body = {f.name: plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+            tag = getattr(obj, "tag", None)  # an item of a tagged list (schema.tagged) is written as {tag: body}
+            return {tag: body} if isinstance(tag, str) else body
         if isinstance(obj, (list, tuple)):
             return [plain(v) for v in obj]
         if isinstance(obj, dict):

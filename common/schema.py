@@ -22,6 +22,12 @@ def bounds(*, gt: float | None = None, ge: float | None = None, lt: float | None
     return {k: v for k, v in dict(gt=gt, ge=ge, lt=lt, le=le).items() if v is not None}
 
 
+def tagged(options: dict[str, type], *, nonempty: bool = False) -> dict[str, Any]:
+    """Field metadata for a list whose items are one-key mappings, the key naming the item's dataclass
+    (`- kd: {weight: 0.9}`), as recipe stages are written."""
+    return {"tagged": dict(options), **({"nonempty": True} if nonempty else {})}
+
+
 def parse(cls: type, data: Any, source: str, path: str) -> Any:
     """Validate `data` against dataclass `cls`; raise RecipeError naming `source` and `path` on the first problem."""
     if not isinstance(data, dict):
@@ -65,6 +71,8 @@ def convert(tp: Any, value: Any, source: str, path: str, meta: typing.Mapping[st
         return value
     if dataclasses.is_dataclass(tp):
         return parse(tp, value, source, path)
+    if origin in (tuple, list) and "tagged" in meta:
+        return _tagged_list(meta["tagged"], value, source, path, meta)
     if origin in (tuple, list):
         if not isinstance(value, (list, tuple)):
             raise RecipeError(source, path, describe(tp), value)
@@ -108,6 +116,25 @@ def convert(tp: Any, value: Any, source: str, path: str, meta: typing.Mapping[st
             raise RecipeError(source, path, "one of " + ", ".join(sorted(choices)), value)
         return value
     raise TypeError(f"schema: unsupported type {tp!r} at {path}")  # a bug in our dataclasses, not user input
+
+
+def _tagged_list(options: dict[str, type], value: Any, source: str, path: str,
+                 meta: typing.Mapping[str, Any]) -> tuple:
+    names = ", ".join(options)
+    if not isinstance(value, (list, tuple)):
+        raise RecipeError(source, path, f"a list of one-key mappings, each key one of {names}", value)
+    if meta.get("nonempty") and not value:
+        raise RecipeError(source, path, "a non-empty list", value)
+    out = []
+    for i, item in enumerate(value):
+        where = f"{path}[{i}]"
+        if not isinstance(item, dict) or len(item) != 1:
+            raise RecipeError(source, where, f"a mapping with one key among {names}", item)
+        (key, body), = item.items()
+        if key not in options:
+            raise RecipeError(source, f"{where}.{key}", f"one of {names}", has_got=False)
+        out.append(parse(options[key], {} if body is None else body, source, f"{where}.{key}"))
+    return tuple(out)
 
 
 def describe(tp: Any) -> str:

@@ -137,6 +137,9 @@ def cmd_run(run_dir: Path, backend_name: str, seed: int, threads: int, resume: b
                                                                 if stage.config.derived_from() else ": kept"))
         for stage in recipe.stages[len(done):]:
             where["stage"] = stage.name
+            stage_types()[stage.type].preflight(ctx, stage)
+        for stage in recipe.stages[len(done):]:
+            where["stage"] = stage.name
             _run_stage(ctx, stage, res)
         res.data["status"] = "ok"
         return_code = 0
@@ -163,7 +166,7 @@ def _set_up(recipe: Recipe, backend_name: str, seed: int, threads: int, out: Pat
                         "batch_size": recipe.data.batch_size, "num_classes": classes,
                         "train_class_counts": class_counts(stream.data.train.labels),
                         "val_class_counts": class_counts(stream.data.val.labels), **stream.digest()}
-    return RunContext(backend, recipe, stream, classes, out, threads, progress)
+    return RunContext(backend, recipe, stream, classes, out, threads, progress, seed)
 
 
 def _load_initial_weights(ctx: RunContext, src: Path, res: ResultWriter) -> None:

@@ -16,7 +16,7 @@ import numpy as np
 import paddle
 
 from backends.capabilities import NOT_APPLIED
-from backends.base import ExportedArtifact, QuantizedModel
+from backends.base import DistillPlan, ExportedArtifact, QuantizedModel
 from backends.paddle import distill, export, measure, models, programs, prune, quantize, train, weights
 from common.errors import SlimbenchError
 from common.config import ModelConfig, OptimizerConfig, RuntimeConfig
@@ -113,12 +113,18 @@ class PaddleBackend:
         return train.Trainer(model, opt, self.onednn_depthwise)
 
     def distiller(self, student: paddle.nn.Layer, teacher: paddle.nn.Layer, opt: OptimizerConfig,
-                  temperature: float, alpha: float) -> distill.Distiller:
-        return distill.Distiller(student, teacher, opt, temperature, alpha, self.onednn_depthwise)
+                  plan: DistillPlan) -> distill.Distiller:
+        return distill.Distiller(student, teacher, opt, plan, self.onednn_depthwise)
 
-    def kd_loss(self, student_logits: np.ndarray, teacher_logits: np.ndarray, labels: np.ndarray,
-                temperature: float, alpha: float) -> float:
-        return distill.kd_loss_value(student_logits, teacher_logits, labels, temperature, alpha)
+    def feature_shapes(self, model: paddle.nn.Layer, layers: list[str], x: np.ndarray
+                       ) -> dict[str, tuple[tuple[int, ...], int]]:
+        return distill.feature_shapes(model, layers, x)
+
+    def distill_loss(self, plan: DistillPlan, scales: list[float], student_logits: np.ndarray,
+                     teacher_logits: np.ndarray, labels: np.ndarray, student_features: dict[str, np.ndarray],
+                     teacher_features: dict[str, np.ndarray]) -> float:
+        return distill.distill_loss_value(plan, scales, student_logits, teacher_logits, labels, student_features,
+                                          teacher_features)
 
     def recalibrate_bn(self, model: paddle.nn.Layer, batches) -> None:
         train.recalibrate_bn(model, batches, self.onednn_depthwise)

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torchvision
 
-from backends.base import ExportedArtifact, QuantizedModel
+from backends.base import DistillPlan, ExportedArtifact, QuantizedModel
 from backends.torch import distill, export, measure, models, prune, quantize, train, weights
 from common.errors import SlimbenchError
 from common.config import ModelConfig, OptimizerConfig, RuntimeConfig
@@ -82,12 +82,18 @@ class TorchBackend:
         return train.Trainer(model, opt, self.device, self.runtime)
 
     def distiller(self, student: torch.nn.Module, teacher: torch.nn.Module, opt: OptimizerConfig,
-                  temperature: float, alpha: float) -> distill.Distiller:
-        return distill.Distiller(student, teacher, opt, self.device, temperature, alpha, self.runtime)
+                  plan: DistillPlan) -> distill.Distiller:
+        return distill.Distiller(student, teacher, opt, self.device, plan, self.runtime)
 
-    def kd_loss(self, student_logits: np.ndarray, teacher_logits: np.ndarray, labels: np.ndarray,
-                temperature: float, alpha: float) -> float:
-        return distill.kd_loss_value(student_logits, teacher_logits, labels, temperature, alpha)
+    def feature_shapes(self, model: torch.nn.Module, layers: list[str], x: np.ndarray
+                       ) -> dict[str, tuple[tuple[int, ...], int]]:
+        return distill.feature_shapes(model, layers, x, self.device)
+
+    def distill_loss(self, plan: DistillPlan, scales: list[float], student_logits: np.ndarray,
+                     teacher_logits: np.ndarray, labels: np.ndarray, student_features: dict[str, np.ndarray],
+                     teacher_features: dict[str, np.ndarray]) -> float:
+        return distill.distill_loss_value(plan, scales, student_logits, teacher_logits, labels, student_features,
+                                          teacher_features)
 
     def recalibrate_bn(self, model: torch.nn.Module, batches) -> None:
         train.recalibrate_bn(model, batches, self.device)

@@ -40,6 +40,7 @@ class RunContext:
     out_dir: Path
     threads: int
     progress: Progress
+    seed: int = 0  # the run's seed: what initialises state common/ creates (distillation adapters)
     models: dict[str, Any] = field(default_factory=dict)
     model_cfgs: dict[str, ModelConfig] = field(default_factory=dict)
     # Structural edits (filter pruning) per slot: re-applied to a fresh model to rebuild its architecture,

@@ -68,6 +68,7 @@ class SlotState:
     trained: set[str] = field(default_factory=set)  # weights some stage trained (or derived from such weights)
     int8: set[str] = field(default_factory=set)  # int8 slots from a quantize stage: only `evaluate` reads them
     masked: set[str] = field(default_factory=set)  # unstructured pruning masks, kept through later training
+    archs: dict[str, str] = field(default_factory=dict)  # slot -> architecture name (derived slots inherit it)
 
 
 # A metric factory: metric(group, what, unit, higher_is_better, scale=1.0, digits=2) -> common.decision.Metric
@@ -90,10 +91,15 @@ class StageType:
         """Record what this stage makes of its output slots (trained, int8, masked) once it validated."""
         for out_slot, in_slot in cfg.derived_from().items():
             (state.masked.add if in_slot in state.masked else state.masked.discard)(out_slot)
+            if in_slot in state.archs:
+                state.archs[out_slot] = state.archs[in_slot]
 
     # --- running -----------------------------------------------------------------------------------------
     def run(self, ctx: "RunContext", stage: Stage) -> dict[str, Any]:
         raise NotImplementedError(f"stage type '{self.name}' has no executor")
+
+    def preflight(self, ctx: "RunContext", stage: Stage) -> None:
+        """Checks that need the built models (layer shapes), run in the worker before the first stage trains."""
 
     def reopen(self, ctx: "RunContext", stage: Stage, record: dict, out_dir: Path) -> bool:
         """On resume, restore the outputs of a completed stage that are not plain checkpoints; True if done."""

@@ -206,13 +206,57 @@ def test_distiller_runs_a_depthwise_teacher_through_its_evaluation_program(backe
     with paddle.no_grad():
         ref = eager_teacher(paddle.to_tensor(x)).numpy()
     teacher.train()
-    distiller = Distiller(_mobilenet(backend, state), teacher, OPT, 4.0, 0.9, onednn_depthwise=True)
+    distiller = Distiller(_mobilenet(backend, state), teacher, OPT, _hinton_plan(), onednn_depthwise=True)
     assert isinstance(distiller.teacher_forward, OnednnDepthwiseProgram)
-    _, _, logits = distiller.inputs(x, y)
+    _, _, logits, _ = distiller.inputs(x, y)
     assert not teacher.training
     np.testing.assert_allclose(logits.numpy(), ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
     assert distiller.teacher_forward.onednn_ops == 17
     assert np.isfinite(distiller.step(x, y, OPT.lr))
+
+
+def _hinton_plan():
+    from backends.base import DistillPlan, DistillTerm
+    return DistillPlan((DistillTerm("kd", {"temperature": 4.0}), DistillTerm("ce")))
+
+
+def _feature_plan():
+    """Every term kind, feature taps on a depthwise teacher and student (MobileNetV2 features.3: 24x8x8)."""
+    from backends.base import DistillPlan, DistillTerm
+    w = np.random.default_rng(1).uniform(-0.2, 0.2, (24, 24, 1, 1)).astype(np.float32)
+    pair = (("features.3", "features.3"),)
+    return DistillPlan((DistillTerm("kd", {"temperature": 4.0}), DistillTerm("ce"), DistillTerm("hard_label"),
+                        DistillTerm("dkd", {"alpha": 1.0, "beta": 8.0, "temperature": 4.0}),
+                        DistillTerm("feature", {"distance": "mse"}, pair, (w,)),
+                        DistillTerm("attention", {"p": 2.0}, (*pair, ("features.6", "features.6")), (None, None))))
+
+
+def test_tuned_distillation_program_with_feature_terms_matches_dygraph(backend):
+    """Under cpu_tuning the student's objective (every loss term, forward post hooks and the adapter inside) and
+    a depthwise teacher returning its tapped features run as to_static programs: the loss and the weight
+    gradients, adapter included, are dygraph's."""
+    from backends.paddle.distill import Distiller
+    from backends.paddle.programs import OnednnDepthwiseProgram
+    x, y = _batch()
+    state = backend.state_to_numpy(_mobilenet(backend))
+    results = {}
+    for tuned in (False, True):
+        student, teacher = _mobilenet(backend, state), _mobilenet(backend, state)
+        distiller = Distiller(student, teacher, OPT, _feature_plan(), onednn_depthwise=tuned)
+        distiller.set_scales([0.5, 0.1, 0.1, 1.0, 10.0, 100.0])
+        assert (distiller.program is not None) is tuned
+        assert isinstance(distiller.teacher_forward, OnednnDepthwiseProgram) is tuned
+        loss = distiller.loss(x, y)
+        loss.backward()
+        grads = _weight_grads(student)
+        grads["adapter"] = distiller.adapters[0][0].weight.grad.numpy().astype(np.float64)
+        results[tuned] = (float(loss), grads)
+        distiller.close()
+        assert not distiller.student_taps.handles
+    (l_eager, g_eager), (l_tuned, g_tuned) = results[False], results[True]
+    assert abs(l_tuned - l_eager) < 1e-4 * abs(l_eager)
+    errors = _relative_errors(g_tuned, g_eager)
+    assert np.median(errors) < 2e-4 and errors.max() < 1e-2, errors
 
 
 @pytest.mark.paddle

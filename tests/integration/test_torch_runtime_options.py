@@ -103,7 +103,10 @@ def test_cpu_tuning_trains_models_with_depthwise_convolutions_in_channels_last(a
     student = b.build_model(ModelConfig(arch=arch, dropout=0.0), 10)
     reference = b.build_model(ModelConfig(arch=arch, dropout=0.0), 10)
     reference.load_state_dict(student.state_dict())
-    trainer = b.distiller(student, teacher, OptimizerConfig(name="sgd", lr=0.05), 4.0, 0.9)
+    from backends.base import DistillPlan, DistillTerm
+    plan = DistillPlan((DistillTerm("kd", {"temperature": 4.0}), DistillTerm("ce")))
+    trainer = b.distiller(student, teacher, OptimizerConfig(name="sgd", lr=0.05), plan)
+    trainer.set_scales([0.9, 0.1])
     assert trainer.channels_last is expected and trainer.teacher_channels_last is False
     first_conv = next(m for m in student.modules() if isinstance(m, torch.nn.Conv2d))
     assert first_conv.weight.is_contiguous(memory_format=torch.channels_last) is expected
@@ -111,8 +114,9 @@ def test_cpu_tuning_trains_models_with_depthwise_convolutions_in_channels_last(a
     x = rng.standard_normal((8, 3, 32, 32)).astype(np.float32)
     y = rng.integers(0, 10, 8)
     loss = trainer.step(x, y, 0.05)
-    from backends.torch.distill import hinton_loss
+    from backends.torch.distill_losses import kd
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     with torch.no_grad():  # the same step's loss in plain NCHW eager torch
-        expected_loss = hinton_loss(reference.train()(xt), teacher.eval()(xt), yt, 4.0, 0.9).item()
+        s, t = reference.train()(xt), teacher.eval()(xt)
+        expected_loss = (0.9 * kd(s, t, 4.0) + 0.1 * torch.nn.functional.cross_entropy(s, yt)).item()
     assert loss == pytest.approx(expected_loss, rel=1e-4)

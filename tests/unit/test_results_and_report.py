@@ -59,9 +59,9 @@ def test_report_statistics_against_hand_computed_values(tmp_path: Path):
     run = _write_run(tmp_path, results)
     md = build_markdown(run, load_results(run), META)
     # torch baseline: mean 60%, std (ddof=1) 14.14; KD gains 10 and 0 -> +5.00, 95% CI 5 ± 12.706 * 7.07 / sqrt(2)
-    assert "| distill | PyTorch | 60.00% ± 14.14 | 65.00% ± 7.07 | +5.00 pts [-58.53, +68.53] | no verdict: 2 seed(s)" in md
+    assert "| distill | 0.9 kd(T=4) + 0.1 ce | PyTorch | 60.00% ± 14.14 | 65.00% ± 7.07 | +5.00 pts [-58.53, +68.53] | no verdict: 2 seed(s)" in md
     # paddle gains 20 and 20 -> +20.00 [+20.00, +20.00], still no verdict with two seeds
-    assert "| distill | PaddlePaddle | 50.00% ± 14.14 | 70.00% ± 14.14 | +20.00 pts [+20.00, +20.00] | no verdict" in md
+    assert "| distill | 0.9 kd(T=4) + 0.1 ce | PaddlePaddle | 50.00% ± 14.14 | 70.00% ± 14.14 | +20.00 pts [+20.00, +20.00] | no verdict" in md
     # paired difference paddle - torch of student_kd: 0 and +10 -> 5.00 ± 7.07
     assert "| `student_kd` | 65.00% ± 7.07 | 70.00% ± 14.14 | 5.00 pts ± 7.07 |" in md
     assert md.index("PyTorch top-1") < md.index("PaddlePaddle top-1")
