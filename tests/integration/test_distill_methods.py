@@ -46,7 +46,7 @@ def test_methods_smoke_on_both_backends(tmp_path: Path):
     report = (run / "report.md").read_text()
     gain = report.split("## Knowledge-distillation gain")[1].split("\n## ")[0]
     assert sum(line.startswith(f"| {m} |") for line in gain.splitlines() for m in METHODS) == 2 * len(METHODS)
-    assert "| dkd | 1 ce + 1 dkd(α=1, β=8, T=4, warm-up 1 ep) | PaddlePaddle |" in gain
+    assert "| dkd | 1 ce + 1 dkd(α=1, β=8, T=4, warm-up 2 ep) | PaddlePaddle |" in gain
     assert "PaddlePaddle, `fitnet`" in report and "forward post hooks" in report
 
 
