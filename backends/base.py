@@ -99,6 +99,10 @@ class Backend(Protocol):
     def load_numpy_state(self, model: Any, state: dict[str, np.ndarray]) -> None:
         """Load a canonical numpy state; raise if any tensor is missing, extra or mis-shaped."""
 
+    def read_checkpoint(self, path: Path, cfg: ModelConfig) -> dict[str, np.ndarray]:
+        """A checkpoint file in this framework's own format, in canonical names and layouts (common/weights.py
+        fits it onto a model slot); an unreadable file is a one-line WeightsError naming it."""
+
     def predict(self, model: Any, x: np.ndarray) -> np.ndarray:
         """Logits in eval mode, as float32 numpy."""
 

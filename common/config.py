@@ -19,9 +19,11 @@ MAX_MEASURE_BATCH = 1024
 # A recipe name becomes a directory under --out: one path component of safe characters, never "." or "..".
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 # Class counts known without reading the data (imagefolder is counted from its class folders in the worker).
-DATASET_CLASSES = {"digits": 10, "cifar10": 10, "cifar100": 100}
+DATASET_CLASSES = {"digits": 10, "mnist5k": 10, "cifar10": 10, "cifar100": 100}
 # Nesting deeper than this is not a recipe (and unbounded nesting exhausts Python's recursion limit).
 MAX_YAML_DEPTH = 50
+# Checkpoint suffix -> the framework that reads it (None: numpy alone).
+WEIGHT_FORMATS = {".pth": "torch", ".pt": "torch", ".pdparams": "paddle", ".npz": None}
 
 
 @dataclass(frozen=True)
@@ -32,7 +34,7 @@ class AugmentConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    dataset: Literal["digits", "synthetic", "cifar10", "cifar100", "imagefolder"] = "digits"
+    dataset: Literal["digits", "mnist5k", "synthetic", "cifar10", "cifar100", "imagefolder"] = "digits"
     path: str | None = None
     image_size: int = field(default=32, metadata=bounds(ge=8))
     val_fraction: float = field(default=0.2, metadata=bounds(gt=0, lt=1))
@@ -52,6 +54,9 @@ class ModelConfig:
     num_classes: int | None = field(default=None, metadata=bounds(gt=1))
     small_input: bool = False
     dropout: float | None = field(default=None, metadata=bounds(ge=0, lt=1))
+    # A checkpoint to start from instead of random weights: a PyTorch state_dict (.pth/.pt, torchvision
+    # naming), a Paddle .pdparams (paddle.vision naming) or slimbench's canonical .npz (common/weights.py).
+    weights: str | None = None
 
 
 @dataclass(frozen=True)

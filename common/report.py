@@ -143,7 +143,23 @@ def _parity_section(results: list[dict], meta: dict) -> str:
             + (" Where eval-mode logits at initialisation are tiny (MobileNets: ~1e-10), the check compares logits "
                "with batch norm on the probe batch's own statistics, which are O(1)." if named else "") + "\n\n"
             + table(["model", "backend", "seed", "max abs logit diff", "max relative diff", "tolerance", "status"]
-                    + (["compared"] if named else []), rows) + "\n")
+                    + (["compared"] if named else []), rows) + "\n" + _checkpoint_lines(results))
+
+
+def _checkpoint_lines(results: list[dict]) -> str:
+    """Slots that start from a checkpoint (models.<slot>.weights): which file, and what was re-initialised."""
+    seen: dict[str, dict] = {}
+    for r in results:
+        for slot, w in (r.get("initial_weights") or {}).items():
+            seen.setdefault(slot, w)
+    lines = []
+    for slot, w in seen.items():
+        head = (f"; its classifier head was re-initialised from the run's seed, identically on every backend "
+                f"({w.get('classes_in_file')} classes in the file, {w.get('classes_here')} here)"
+                if w.get("head_reinitialised") else "")
+        lines.append(f"- `{slot}` starts from `{Path(w['path']).name}` (sha256 `{w['sha256'][:16]}`, read by "
+                     f"{w['read_by']}, {w['tensors']} tensors){head}.")
+    return ("Checkpoints:\n\n" + "\n".join(lines) + "\n\n") if lines else ""
 
 
 def _data_section(results: list[dict]) -> str:

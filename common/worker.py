@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import resource
+import subprocess
 import signal
 import sys
 import time
@@ -24,11 +25,14 @@ from common.data import BatchStream, load_dataset
 from common.errors import ParityError, RecipeError, SlimbenchError, Terminated, raise_terminated
 from common.metrics import logit_difference
 from common.progress import Progress
+from common.config import ModelConfig
 from common.recipe import Recipe, validate
+from common.runner import worker_env
 from common.results import SCHEMA_VERSION, atomic_write_json, init_dir, read_json, seed_dir
 from common.stages.loop import RunContext
 from common.stages.registry import stage_types
 from common.sysinfo import platform_info
+from common.weights import WeightsError, file_sha256, fit_checkpoint, read_canonical_npz, reader_of
 
 
 def load_run_recipe(run_dir: Path) -> Recipe:
@@ -62,15 +66,68 @@ def cmd_init(run_dir: Path, backend_name: str, seed: int, threads: int) -> None:
         backend.configure(threads, "cpu", seed * 1000 + i)  # one RNG stream per model slot
         model = backend.build_model(cfg, _num_classes(recipe, slot, classes))
         state = backend.state_to_numpy(model)
+        weights = None
+        if cfg.weights:
+            state, weights = _start_from_checkpoint(backend, model, state, cfg, out, threads)
         tmp = out / f".{slot}.tmp.npz"
         np.savez(tmp, **state)
         tmp.replace(out / f"{slot}.npz")
         np.save(out / f"{slot}.probe.npy", backend.predict(model, probe))
         np.save(out / f"{slot}.probe_batch_stats.npy", backend.predict_batch_statistics(model, probe))
         info["models"][slot] = {"arch": cfg.arch, "tensors": len(state),
-                                "params": int(sum(a.size for a in state.values()))}
-        Progress().say(f"init: {slot} ({cfg.arch}) weights created by {backend_name} (framework seed {seed * 1000 + i})")
+                                "params": int(sum(a.size for a in state.values())),
+                                **({"weights": weights} if weights else {})}
+        if weights:
+            head = (f"; classifier head re-initialised from the run's seed ({weights['classes_in_file']} classes in "
+                    f"the file, {weights['classes_here']} here)" if weights["head_reinitialised"] else "")
+            Progress().say(f"init: {slot} ({cfg.arch}) starts from {weights['path']} (sha256 "
+                           f"{weights['sha256'][:12]}, read by {weights['read_by']}){head}")
+        else:
+            Progress().say(f"init: {slot} ({cfg.arch}) weights created by {backend_name} (framework seed "
+                           f"{seed * 1000 + i})")
     atomic_write_json(out / "init.json", info)
+
+
+def _start_from_checkpoint(backend: Any, model: Any, own: dict[str, np.ndarray], cfg: Any, out: Path,
+                           threads: int) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The slot's checkpoint fitted onto its fresh state (common/weights.py) and loaded into `model`. The file is
+    read by the framework whose format it is: in this process, or in a worker of that backend."""
+    path = Path(cfg.weights)
+    reader = reader_of(path)
+    if reader is None:
+        loaded = read_canonical_npz(path)
+    elif reader == backend.name:
+        loaded = backend.read_checkpoint(path, cfg)
+    else:
+        loaded = _read_in_other_backend(path, reader, cfg, out, threads)
+    head_weight = backend.head_name(model)
+    head = [head_weight, head_weight[: -len("weight")] + "bias"]
+    state, fit = fit_checkpoint(own, loaded, head, path, cfg.arch)
+    backend.load_numpy_state(model, state)
+    return state, {"path": str(path), "sha256": file_sha256(path), "read_by": reader or "numpy", **fit}
+
+
+def _read_in_other_backend(path: Path, reader: str, cfg: Any, out: Path, threads: int) -> dict[str, np.ndarray]:
+    """Frameworks never share a process (docs/ARCHITECTURE.md, section 6): a `read-weights` worker of the
+    format's own backend converts the file to canonical numpy."""
+    target = out / f".{path.stem}.{reader}.canonical.npz"
+    cmd = [sys.executable, "-m", "common.worker", "read-weights", str(path), "--backend", reader, "--arch", cfg.arch,
+           "--out", str(target), *(["--small-input"] if cfg.small_input else [])]
+    p = subprocess.run(cmd, capture_output=True, text=True, env=worker_env(threads))
+    if p.returncode != 0:
+        lines = [ln for ln in (p.stdout + p.stderr).splitlines() if ln.strip()]
+        said = next((ln for ln in reversed(lines) if ln.startswith("error: ")), lines[-1] if lines else "")
+        raise WeightsError(f"{said.removeprefix('error: ')} (read by the {reader} backend)")
+    try:
+        return read_canonical_npz(target)
+    finally:
+        target.unlink(missing_ok=True)
+
+
+def cmd_read_weights(path: Path, backend_name: str, arch: str, small_input: bool, out: Path) -> None:
+    backend = load_backend(backend_name)
+    state = backend.read_checkpoint(path, ModelConfig(arch=arch, small_input=small_input))
+    np.savez(out, **state)
 
 
 class ResultWriter:
@@ -173,6 +230,10 @@ def _load_initial_weights(ctx: RunContext, src: Path, res: ResultWriter) -> None
     """Fairness rule 2: every slot starts from the reference framework's weights, checked on probe logits."""
     recipe, backend = ctx.recipe, ctx.backend
     probe = ctx.stream.val_images(recipe.parity.probe_batch)
+    made = read_json(src / "init.json").get("models", {})
+    checkpoints = {slot: m["weights"] for slot, m in made.items() if m.get("weights")}
+    if checkpoints:
+        res.data["initial_weights"] = checkpoints
     parity = {}
     for slot, cfg in recipe.models.items():
         model = backend.build_model(cfg, _num_classes(recipe, slot, ctx.num_classes))
@@ -260,7 +321,26 @@ def _record_failure(res: ResultWriter, e: BaseException, stage: str, progress: P
     return 1
 
 
+def _read_weights_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m common.worker read-weights")
+    p.add_argument("file", type=Path)
+    p.add_argument("--backend", required=True)
+    p.add_argument("--arch", required=True)
+    p.add_argument("--small-input", action="store_true")
+    p.add_argument("--out", type=Path, required=True)
+    a = p.parse_args(argv)
+    try:
+        cmd_read_weights(a.file, a.backend, a.arch, a.small_input, a.out)
+    except SlimbenchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["read-weights"]:
+        return _read_weights_main(argv[1:])
     p = argparse.ArgumentParser(prog="python -m common.worker")
     p.add_argument("command", choices=["init", "run"])
     p.add_argument("run_dir", type=Path)

@@ -90,6 +90,9 @@ class PaddleBackend:
     def load_numpy_state(self, model: paddle.nn.Layer, state: dict[str, np.ndarray]) -> None:
         weights.load_numpy_state(model, state)
 
+    def read_checkpoint(self, path: Path, cfg: ModelConfig) -> dict[str, np.ndarray]:
+        return weights.read_checkpoint(path, cfg)
+
     def predict(self, model: paddle.nn.Layer | QuantizedModel, x: np.ndarray) -> np.ndarray:
         if isinstance(model, QuantizedModel):
             return model.predict(x)

@@ -7,9 +7,17 @@ registration order with every shape checked; the logit parity check after loadin
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import paddle
 from paddle import nn
+
+from common.config import ModelConfig
+from common.weights import WeightsError
+
+# Architectures whose paddle.vision state names are torchvision's after the BN renames (module docstring).
+BY_NAME_ARCHS = ("resnet", "mobilenet_v2", "tiny_cnn")
 
 _RENAME = (("running_mean", "_mean"), ("running_var", "_variance"))
 
@@ -75,3 +83,40 @@ def load_numpy_state(model: nn.Layer, state: dict[str, np.ndarray]) -> None:
     for pname, a in new.items():  # set_state_dict only warns on problems: verify every tensor landed
         if not np.array_equal(own[pname].numpy(), a):
             raise ValueError(f"paddle tensor {pname} did not load")
+
+
+def read_checkpoint(path: Path, cfg: ModelConfig) -> dict[str, np.ndarray]:
+    """A Paddle `.pdparams` (paddle.vision naming) as canonical numpy: loaded into a paddle.vision model of the
+    architecture (class count from the file's head), every name and shape checked first, then read back
+    canonically (BN statistics renamed, Linear weights transposed)."""
+    if not any(cfg.arch.startswith(a) for a in BY_NAME_ARCHS):
+        raise WeightsError(f"{path}: .pdparams files are read for {', '.join(BY_NAME_ARCHS)} (whose paddle.vision "
+                           f"names match torchvision's); for {cfg.arch} give a .pth or a canonical .npz")
+    try:
+        data = paddle.load(str(path))
+    except Exception as e:  # any unreadable file: one line naming it, the cause kept
+        raise WeightsError(f"{path}: not a Paddle checkpoint paddle.load can read "
+                           f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})") from e
+    if not isinstance(data, dict) or not data:
+        raise WeightsError(f"{path}: expected a state dict (a mapping of parameter names to arrays), got "
+                           f"{type(data).__name__}")
+    arrays = {k: (v.numpy() if isinstance(v, paddle.Tensor) else np.asarray(v)) for k, v in data.items()
+              if not k.startswith("StructuredToParameterName")}
+    matrices = [a for a in arrays.values() if a.ndim == 2]
+    classes = int(matrices[-1].shape[1]) if matrices else 10  # paddle Linear weights are (in, out)
+    from backends.paddle.models import build_model
+    model = build_model(cfg, classes)
+    own = model.state_dict()
+    for k, v in own.items():
+        if k not in arrays:
+            raise WeightsError(f"{path}: lacks tensor '{k}' of paddle.vision's {cfg.arch}; is it a {cfg.arch} "
+                               "checkpoint?")
+        if tuple(arrays[k].shape) != tuple(v.shape):
+            raise WeightsError(f"{path}: tensor '{k}' has shape {list(arrays[k].shape)}, paddle.vision's {cfg.arch} "
+                               f"expects {list(v.shape)}")
+    extra = [k for k in arrays if k not in own]
+    if extra:
+        raise WeightsError(f"{path}: has tensor '{extra[0]}' that paddle.vision's {cfg.arch} does not; is it a "
+                           f"{cfg.arch} checkpoint?")
+    model.set_state_dict({k: arrays[k] for k in own})
+    return state_to_numpy(model)

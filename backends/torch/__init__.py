@@ -56,6 +56,9 @@ class TorchBackend:
     def load_numpy_state(self, model: torch.nn.Module, state: dict[str, np.ndarray]) -> None:
         weights.load_numpy_state(model, state)
 
+    def read_checkpoint(self, path: Path, cfg: ModelConfig) -> dict[str, np.ndarray]:
+        return weights.read_checkpoint(path)
+
     def predict(self, model: torch.nn.Module | QuantizedModel, x: np.ndarray) -> np.ndarray:
         if isinstance(model, QuantizedModel):
             return model.predict(x)

@@ -1,9 +1,13 @@
 """Canonical (framework-neutral) state: torchvision names and layouts, numpy arrays, no counters."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 from torch import nn
+
+from common.weights import WeightsError
 
 
 def state_to_numpy(model: nn.Module) -> dict[str, np.ndarray]:
@@ -30,3 +34,28 @@ def load_numpy_state(model: nn.Module, state: dict[str, np.ndarray]) -> None:
     device = next(model.parameters()).device
     tensors = {k: torch.from_numpy(np.ascontiguousarray(a)).to(device) for k, a in state.items()}
     model.load_state_dict(tensors, strict=False)
+
+
+def read_checkpoint(path: Path) -> dict[str, np.ndarray]:
+    """A PyTorch state_dict file (torchvision naming: already canonical) as numpy arrays. torch.load runs with
+    weights_only=True: a checkpoint is data, never code. Accepted: the state_dict itself, or a dict holding it
+    under `state_dict` / `model` / `model_state_dict`; a DataParallel `module.` prefix is dropped."""
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # any unreadable file: one line naming it, the cause kept
+        raise WeightsError(f"{path}: not a PyTorch checkpoint torch.load can read with weights_only=True "
+                           f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})") from e
+    for key in ("state_dict", "model_state_dict", "model"):
+        if isinstance(data, dict) and isinstance(data.get(key), dict):
+            data = data[key]
+    if not isinstance(data, dict) or not data:
+        raise WeightsError(f"{path}: expected a state_dict (a mapping of tensor names to tensors), got "
+                           f"{type(data).__name__}")
+    out = {}
+    for k, v in data.items():
+        if not isinstance(v, torch.Tensor):
+            raise WeightsError(f"{path}: entry '{k}' is a {type(v).__name__}, not a tensor")
+        name = k[len("module."):] if k.startswith("module.") else k
+        if not name.endswith("num_batches_tracked"):
+            out[name] = v.detach().cpu().numpy().copy()
+    return out
