@@ -11,6 +11,8 @@ import yaml
 
 from backends.capabilities import check_capabilities
 from common.errors import SlimbenchError, Terminated, UsageError
+from common.fetch_weights import DEFAULT_DIR, FETCHABLE
+from common.fetch_weights import fetch as fetch_weights
 from common.recipe import BACKENDS, builtin_recipes, load_recipe, recipe_to_dict
 from common.results import atomic_write_text, check_publish_target, read_json, read_run_meta
 
@@ -182,7 +184,18 @@ def slimbench(argv: list[str] | None = None) -> int:
     cmp.add_argument("run_a", type=Path)
     cmp.add_argument("run_b", type=Path)
     cmp.add_argument("--out", type=Path, default=None, help="also write the comparison (Markdown) to this file")
+    wts = sub.add_parser("weights", help="published weights: `weights fetch ARCH` downloads torchvision's ImageNet "
+                         "weights into a cache directory for models.<slot>.weights")
+    wsub = wts.add_subparsers(dest="weights_command", required=True)
+    fetch = wsub.add_parser("fetch", help="download torchvision's published ImageNet weights of ARCH")
+    fetch.add_argument("arch", choices=FETCHABLE)
+    fetch.add_argument("--dir", type=Path, default=DEFAULT_DIR, help=f"cache directory (default {DEFAULT_DIR})")
+    fetch.add_argument("--mirror", default=None, help="fetch the same file name from this base URL instead")
     a = p.parse_args(argv)
+    if a.command == "weights":
+        path = fetch_weights(a.arch, a.dir, a.mirror)
+        print(f"{path}\nuse it with: --set models.<slot>.weights={path}  (or `weights: {path}` in a recipe)")
+        return 0
     if a.command == "list":
         for name in builtin_recipes():
             recipe = load_recipe(name)

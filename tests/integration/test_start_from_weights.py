@@ -110,3 +110,32 @@ def test_mnist5k_gives_both_backends_the_same_split(tmp_path: Path):
     assert int(data[0]["val_size"]) == 1000 and int(data[0]["train_size"]) == 320
     counts = data[0]["val_class_counts"]  # 500 per class, a seeded 20% split: about 100 each
     assert sum(counts) == 1000 and min(counts) > 60
+
+
+def test_weights_fetch_keeps_only_a_file_matching_torchvisions_published_hash(tmp_path: Path):
+    """No test downloads: a local server stands in for a mirror and serves a file under torchvision's name whose
+    content is not the published one; an unreachable mirror is a one-line error too."""
+    import functools
+    import http.server
+    import threading
+    served = tmp_path / "mirror"
+    served.mkdir()
+    (served / "resnet18-f37072fd.pth").write_bytes(b"not the published weights")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        p = cli("slimbench", "weights", "fetch", "resnet18", "--dir", str(tmp_path / "cache"), "--mirror",
+                f"http://127.0.0.1:{server.server_address[1]}")
+    finally:
+        server.shutdown()
+        server.server_close()  # the port is closed now: the next download is refused at once
+    assert p.returncode != 0
+    assert p.stderr.strip().splitlines() == [
+        f"error: http://127.0.0.1:{server.server_address[1]}/resnet18-f37072fd.pth: the download's sha256 does not "
+        "start with f37072fd, the hash torchvision publishes for resnet18-f37072fd.pth; nothing kept"]
+    assert list((tmp_path / "cache").iterdir()) == []
+    p = cli("slimbench", "weights", "fetch", "mobilenet_v2", "--dir", str(tmp_path / "cache"), "--mirror",
+            f"http://127.0.0.1:{server.server_address[1]}")
+    assert p.returncode != 0 and p.stderr.startswith("error: cannot download http://127.0.0.1")
+    assert len(p.stderr.strip().splitlines()) == 1

@@ -68,6 +68,19 @@ def test_report_statistics_against_hand_computed_values(tmp_path: Path):
     assert "hash identically on every backend" in md
 
 
+def test_published_figures_sit_beside_the_gain_for_reference_only(tmp_path: Path):
+    meta = json.loads(json.dumps(META))
+    meta["recipe"]["stages"][1]["distill"].update(
+        losses=[{"ce": {"weight": 1}}, {"dkd": {"beta": 8, "warmup_epochs": 20}}],
+        published={"source": "mdistiller, CIFAR-100", "baseline_top1": 64.60, "distilled_top1": 70.35})
+    results = [_result(b, s, {"student_baseline": 0.5, "student_kd": 0.6}) for b in ("torch", "paddle") for s in (0, 1)]
+    run = _write_run(tmp_path, results)
+    md = build_markdown(run, load_results(run), meta)
+    assert ("| distill | 1 ce + 1 dkd(α=1, β=8, T=4, warm-up 20 ep) | PyTorch | 50.00% ± 0.00 | 60.00% ± 0.00 | "
+            "+10.00 pts [+10.00, +10.00] | no verdict: 2 seed(s) | 64.60% → 70.35% (+5.75 pts) |") in md
+    assert "Published figures, for reference only" in md and "mdistiller, CIFAR-100" in md
+
+
 def test_failed_backend_still_yields_a_report(tmp_path: Path):
     run = _write_run(tmp_path, [_result("torch", 0, {"student_baseline": 0.5, "student_kd": 0.6}),
                                 _result("paddle", 0, {}, status="failed")])
