@@ -30,7 +30,8 @@ def load_numpy_state(model: nn.Module, state: dict[str, np.ndarray]) -> None:
         raise ValueError(f"canonical state does not fit the torch model: missing {missing[:5]}, extra {extra[:5]}")
     for k, v in own.items():
         if tuple(v.shape) != tuple(state[k].shape):
-            raise ValueError(f"canonical state: {k} has shape {state[k].shape}, the torch model expects {tuple(v.shape)}")
+            raise ValueError(f"canonical state: {k} has shape {state[k].shape}, the torch model expects "
+                             f"{tuple(v.shape)}")
     device = next(model.parameters()).device
     tensors = {k: torch.from_numpy(np.ascontiguousarray(a)).to(device) for k, a in state.items()}
     model.load_state_dict(tensors, strict=False)

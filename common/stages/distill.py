@@ -205,7 +205,8 @@ def plan_losses(ctx: RunContext, stage: Stage, student: Any, teacher: Any) -> tu
     if any(t.tag in FEATURE_KINDS for t in cfg.terms()):
         probe = ctx.stream.val_images(2)
         for side, model in (("teacher", teacher), ("student", student)):
-            names = list(dict.fromkeys(own[side](getattr(p, side)) for t in cfg.terms() for p in getattr(t, "layers", ())))
+            names = list(dict.fromkeys(own[side](getattr(p, side))
+                                       for t in cfg.terms() for p in getattr(t, "layers", ())))
             shapes[side] = ctx.backend.feature_shapes(model, names, probe)
     terms, taps = [], []
     for i, term in enumerate(cfg.terms()):
@@ -214,11 +215,13 @@ def plan_losses(ctx: RunContext, stage: Stage, student: Any, teacher: Any) -> tu
             t_name, s_name = own["teacher"](pair.teacher), own["student"](pair.student)
             (ts, t_calls), (ss, s_calls) = shapes["teacher"][t_name], shapes["student"][s_name]
             where = f"{ctx.stage_path(stage)}.losses[{i}].{term.tag}.layers[{j}]"
-            for side, name, calls, shape in (("teacher", pair.teacher, t_calls, ts), ("student", pair.student, s_calls, ss)):
+            key = f"{ctx.stage_key(stage)}.losses[{i}].{term.tag}.layers[{j}]"
+            for side, name, calls, shape in (("teacher", pair.teacher, t_calls, ts),
+                                             ("student", pair.student, s_calls, ss)):
                 if calls != 1:
-                    raise RecipeError(ctx.recipe.source, f"{ctx.stage_key(stage)}.losses[{i}].{term.tag}.layers[{j}].{side}",
-                                      f"a layer that runs once per forward pass ('{name}' runs {calls} times, e.g. a "
-                                      "shared activation module; tap the block or the convolution instead)", name)
+                    raise RecipeError(ctx.recipe.source, f"{key}.{side}", f"a layer that runs once per forward pass "
+                                      f"('{name}' runs {calls} times, e.g. a shared activation module; tap the block "
+                                      "or the convolution instead)", name)
                 if len(shape) != 4:
                     raise SlimbenchError(f"{where}.{side}: '{name}' gives {list(shape[1:])} per image; feature terms "
                                          "need (C, H, W) feature maps")
@@ -241,11 +244,12 @@ def plan_losses(ctx: RunContext, stage: Stage, student: Any, teacher: Any) -> tu
                          "adapter": None if adapter is None else f"1x1 conv {ss[1]}→{ts[1]} + BN"})
         params = {k: v for k, v in dataclasses.asdict(term).items() if k not in ("weight", "layers", "adapter")}
         terms.append(DistillTerm(term.tag, params, tuple(pairs), tuple(adapters)))
-    return DistillPlan(tuple(terms)), {"losses": [recipe_to_plain(t) for t in cfg.terms()],
+    return DistillPlan(tuple(terms)), {"losses": [term_record(t) for t in cfg.terms()],
                                        "losses_label": losses_label(cfg.terms()), "taps": taps}
 
 
-def recipe_to_plain(term: LossTerm) -> dict[str, Any]:
+def term_record(term: LossTerm) -> dict[str, Any]:
+    """A term as the recipe writes it ({tag: settings}), for the stage's record."""
     return {term.tag: dataclasses.asdict(term)}
 
 
