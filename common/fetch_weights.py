@@ -7,7 +7,6 @@ match before it is kept. `--mirror` fetches the same file name from another serv
 """
 from __future__ import annotations
 
-import hashlib
 import re
 import subprocess
 import sys
@@ -17,6 +16,7 @@ from pathlib import Path
 
 from common.errors import SlimbenchError, UsageError
 from common.progress import Progress
+from common.weights import file_sha256
 
 FETCHABLE = ("resnet18", "resnet34", "resnet50", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large")
 DEFAULT_DIR = Path.home() / ".cache" / "slimbench" / "weights"
@@ -43,7 +43,7 @@ def fetch(arch: str, directory: Path, mirror: str | None = None) -> Path:
     name = url.rsplit("/", 1)[1]
     expected = _HASHED_NAME.search(name)
     target = directory / name
-    if target.is_file() and (expected is None or _sha256(target).startswith(expected.group(1))):
+    if target.is_file() and (expected is None or file_sha256(target).startswith(expected.group(1))):
         return target
     if target.exists():
         raise UsageError(f"{target} exists and is not the published file; slimbench never overwrites a file "
@@ -53,7 +53,7 @@ def fetch(arch: str, directory: Path, mirror: str | None = None) -> Path:
     part = target.with_name(target.name + ".part")
     try:
         _download(source, part)
-        if expected is not None and not _sha256(part).startswith(expected.group(1)):
+        if expected is not None and not file_sha256(part).startswith(expected.group(1)):
             raise DownloadError(f"{source}: the download's sha256 does not start with {expected.group(1)}, the hash "
                                 f"torchvision publishes for {name}; nothing kept")
         part.replace(target)
@@ -79,10 +79,3 @@ def _download(url: str, out: Path) -> None:
         raise DownloadError(f"cannot download {url}: {reason} (machines without internet: fetch it elsewhere, copy "
                             "the file over, and point models.<slot>.weights at it)") from None
 
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
