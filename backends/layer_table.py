@@ -19,42 +19,6 @@ from typing import Any
 import numpy as np
 
 
-def _torch_shapes(model: Any, names: list[str]) -> dict[str, tuple[int, ...]]:
-    import torch
-    shapes: dict[str, tuple[int, ...]] = {}
-    modules = dict(model.named_modules())
-    def hook(name: str):
-        def record(_m: Any, _i: Any, out: Any) -> None:  # returns None: the output stays the layer's own
-            if isinstance(out, torch.Tensor):
-                shapes.setdefault(name, tuple(out.shape))
-        return record
-    handles = [modules[n].register_forward_hook(hook(n)) for n in names]
-    model.eval()
-    with torch.no_grad():
-        model(torch.zeros(1, 3, 32, 32))
-    for h in handles:
-        h.remove()
-    return shapes
-
-
-def _paddle_shapes(model: Any, names: list[str]) -> dict[str, tuple[int, ...]]:
-    import paddle
-    shapes: dict[str, tuple[int, ...]] = {}
-    layers = dict(model.named_sublayers())
-    def hook(name: str):
-        def record(_m: Any, _i: Any, out: Any) -> None:
-            if isinstance(out, paddle.Tensor):
-                shapes.setdefault(name, tuple(out.shape))
-        return record
-    handles = [layers[n].register_forward_post_hook(hook(n)) for n in names]
-    model.eval()
-    with paddle.no_grad():
-        model(paddle.to_tensor(np.zeros((1, 3, 32, 32), np.float32)))
-    for h in handles:
-        h.remove()
-    return shapes
-
-
 def _mobilenet_v3_map(torch_model: Any, paddle_model: Any) -> dict[str, str]:
     """canonical block name -> paddle.vision block name, in stage order."""
     n_blocks = len(list(paddle_model.blocks.children()))
@@ -66,7 +30,11 @@ def _mobilenet_v3_map(torch_model: Any, paddle_model: Any) -> dict[str, str]:
 
 
 def arch_table(arch: str) -> dict[str, Any]:
+    import torch
+
+    from backends.paddle.distill import feature_shapes as paddle_shapes
     from backends.paddle.models import build_model as paddle_build
+    from backends.torch.distill import feature_shapes as torch_shapes
     from backends.torch.models import build_model as torch_build
     from common.config import ModelConfig
     tm, pm = torch_build(ModelConfig(arch=arch), 10), paddle_build(ModelConfig(arch=arch), 10)
@@ -75,9 +43,12 @@ def arch_table(arch: str) -> dict[str, Any]:
     mapping = {n: n for n in torch_names if n in set(paddle_names)}
     if arch.startswith("mobilenet_v3"):
         mapping.update(_mobilenet_v3_map(tm, pm))
-    ts, ps = _torch_shapes(tm, list(mapping)), _paddle_shapes(pm, list(mapping.values()))
-    # A name both frameworks have but whose outputs differ in shape is not the same layer.
-    mapping = {c: p for c, p in mapping.items() if c in ts and ts[c] == ps.get(p)}
+    # The shapes the distill stage itself probes with (backends/<name>/distill.feature_shapes): a name both
+    # frameworks have but whose outputs differ in shape, or that gives no tensor, is not a layer to tap.
+    probe = np.zeros((1, 3, 32, 32), np.float32)
+    ts = torch_shapes(tm, list(mapping), probe, torch.device("cpu"))
+    ps = paddle_shapes(pm, list(mapping.values()), probe)
+    mapping = {c: p for c, p in mapping.items() if ts[c][0] and ts[c][0] == ps[p][0]}
     mapped_paddle = set(mapping.values())
     return {"layers": list(mapping),
             "paddle_names": {c: p for c, p in mapping.items() if c != p},
