@@ -22,7 +22,7 @@ from common.config import (BACKENDS, DATASET_CLASSES, MAX_YAML_DEPTH, MODEL_ARCH
                            AugmentConfig, DataConfig, MeasureConfig, ModelConfig, OptimizerConfig, ParityConfig,
                            RuntimeConfig, ScheduleConfig, WEIGHT_FORMATS)
 from common.errors import RecipeError, UsageError
-from common.schema import bounds, convert, parse
+from common.schema import bounds, convert, one_key_item, parse
 from common.stages.registry import SlotState, Stage, check_refs, stage_types
 
 
@@ -347,12 +347,8 @@ def validate(data: dict, source: str, profile: str) -> Recipe:
     types = stage_types()
     for i, item in enumerate(raw_stages):
         spath = f"stages[{i}]"
-        if not isinstance(item, dict) or len(item) != 1:
-            raise RecipeError(source, spath, f"a mapping with one stage type key among {sorted(types)}", item)
-        (stype, body), = item.items()
-        if stype not in types:
-            raise RecipeError(source, f"{spath}.{stype}", f"a stage type among {', '.join(sorted(types))}",
-                              has_got=False)
+        stype, body = one_key_item(item, types, source, spath, f"a mapping with one stage type key among "
+                                   f"{sorted(types)}", f"a stage type among {', '.join(sorted(types))}")
         kind = types[stype]
         cfg = parse(kind.config, body, source, f"{spath}.{stype}")
         if any(s.name == cfg.name for s in stages):

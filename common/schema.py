@@ -128,13 +128,21 @@ def _tagged_list(options: dict[str, type], value: Any, source: str, path: str,
     out = []
     for i, item in enumerate(value):
         where = f"{path}[{i}]"
-        if not isinstance(item, dict) or len(item) != 1:
-            raise RecipeError(source, where, f"a mapping with one key among {names}", item)
-        (key, body), = item.items()
-        if key not in options:
-            raise RecipeError(source, f"{where}.{key}", f"one of {names}", has_got=False)
+        key, body = one_key_item(item, options, source, where, f"a mapping with one key among {names}",
+                                 f"one of {names}")
         out.append(parse(options[key], {} if body is None else body, source, f"{where}.{key}"))
     return tuple(out)
+
+
+def one_key_item(item: Any, keys: typing.Container[str], source: str, path: str, expected_item: str,
+                 expected_key: str) -> tuple[str, Any]:
+    """(key, body) of a list item written as a one-key mapping (a stage, a loss term), the key among `keys`."""
+    if not isinstance(item, dict) or len(item) != 1:
+        raise RecipeError(source, path, expected_item, item)
+    (key, body), = item.items()
+    if key not in keys:
+        raise RecipeError(source, f"{path}.{key}", expected_key, has_got=False)
+    return key, body
 
 
 def describe(tp: Any) -> str:
