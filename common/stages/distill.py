@@ -214,8 +214,8 @@ def plan_losses(ctx: RunContext, stage: Stage, student: Any, teacher: Any) -> tu
         for j, pair in enumerate(getattr(term, "layers", ())):
             t_name, s_name = own["teacher"](pair.teacher), own["student"](pair.student)
             (ts, t_calls), (ss, s_calls) = shapes["teacher"][t_name], shapes["student"][s_name]
-            where = f"{ctx.stage_path(stage)}.losses[{i}].{term.tag}.layers[{j}]"
             key = f"{ctx.stage_key(stage)}.losses[{i}].{term.tag}.layers[{j}]"
+            where = f"{ctx.recipe.source}: {key}"  # as ctx.stage_path writes it
             for side, name, calls, shape in (("teacher", pair.teacher, t_calls, ts),
                                              ("student", pair.student, s_calls, ss)):
                 if calls != 1:
@@ -264,14 +264,6 @@ def kd_pairs(run_meta: dict) -> list[tuple[str, str, str]]:
             if t2 == "train" and c2.get("model") == cfg.get("student"):
                 pairs.append((cfg["name"], c2.get("output") or c2["model"], cfg.get("output") or cfg["student"]))
     return pairs
-
-
-def _teacher_of(meta: dict, stage: str) -> str:
-    for item in meta.get("recipe", {}).get("stages", []):
-        (stype, cfg), = item.items()
-        if stype == "distill" and cfg.get("name") == stage:
-            return cfg.get("teacher", "")
-    return ""
 
 
 def _top1_by_seed(ix: ReportIndex, backend: str, slot: str) -> dict[int, float]:
@@ -349,7 +341,7 @@ class Distill(TrainingStageType):
         published = {stage: configs[stage].get("published") for stage, _, _ in pairs if configs[stage].get("published")}
         rows = []
         for stage, base, kd in pairs:
-            teacher = _teacher_of(meta, stage)
+            teacher = configs[stage].get("teacher", "")
             label = _losses_label(ix, stage, configs[stage])
             for b in ix.backends:
                 by_seed = {slot: _top1_by_seed(ix, b, slot) for slot in (base, kd, teacher)}
