@@ -91,20 +91,31 @@ def cmd_init(run_dir: Path, backend_name: str, seed: int, threads: int) -> None:
 def _start_from_checkpoint(backend: Any, model: Any, own: dict[str, np.ndarray], cfg: Any, out: Path,
                            threads: int) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """The slot's checkpoint fitted onto its fresh state (common/weights.py) and loaded into `model`. The file is
-    read by the framework whose format it is: in this process, or in a worker of that backend."""
+    read by the framework whose format it is (in this process, or in a worker of that backend) once per run:
+    later seeds reuse its canonical copy while the file's sha256 is unchanged; only the fit is per seed."""
     path = Path(cfg.weights)
     reader = reader_of(path)
-    if reader is None:
-        loaded = read_canonical_npz(path)
-    elif reader == backend.name:
-        loaded = backend.read_checkpoint(path, cfg)
+    sha256 = file_sha256(path)
+    # out is init/seed-N; the copy serves every seed (a .pdparams is read through a model of the slot's arch)
+    copy = out.parent / "checkpoints" / f"{sha256}.{cfg.arch}{'.small_input' if cfg.small_input else ''}.npz"
+    if copy.is_file():
+        loaded = read_canonical_npz(copy)
     else:
-        loaded = _read_in_other_backend(path, reader, cfg, out, threads)
+        if reader is None:
+            loaded = read_canonical_npz(path)
+        elif reader == backend.name:
+            loaded = backend.read_checkpoint(path, cfg)
+        else:
+            loaded = _read_in_other_backend(path, reader, cfg, out, threads)
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        tmp = copy.with_name(f".{copy.stem}.tmp.npz")
+        np.savez(tmp, **loaded)
+        tmp.replace(copy)
     head_weight = backend.head_name(model)
     head = [head_weight, head_weight[: -len("weight")] + "bias"]
     state, fit = fit_checkpoint(own, loaded, head, path, cfg.arch)
     backend.load_numpy_state(model, state)
-    return state, {"path": str(path), "sha256": file_sha256(path), "read_by": reader or "numpy", **fit}
+    return state, {"path": str(path), "sha256": sha256, "read_by": reader or "numpy", **fit}
 
 
 def _read_in_other_backend(path: Path, reader: str, cfg: Any, out: Path, threads: int) -> dict[str, np.ndarray]:

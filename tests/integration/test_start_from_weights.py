@@ -75,6 +75,21 @@ def test_a_paddle_checkpoint_is_read_by_paddle_when_torch_is_the_reference(tmp_p
         assert not r["initial_weights"]["net"]["head_reinitialised"]
 
 
+def test_a_checkpoint_is_converted_once_per_run_and_serves_every_seed(tmp_path: Path):
+    _make("import paddle; from backends.paddle.models import build_model; from common.config import ModelConfig; "
+          "paddle.seed(5); paddle.save(build_model(ModelConfig(arch='tiny_cnn'), 10).state_dict(), 't.pdparams')",
+          tmp_path)
+    recipe = _recipe(tmp_path, "tiny_cnn", "t.pdparams")
+    p = cli("run-recipe", str(recipe), "--backend", "torch", "--seeds", "0,1", "--out", str(tmp_path / "runs"))
+    assert p.returncode == 0, p.stdout + p.stderr
+    run, = (tmp_path / "runs" / "start").iterdir()
+    copies = list((run / "init" / "checkpoints").iterdir())
+    assert len(copies) == 1 and copies[0].name.endswith(".tiny_cnn.npz")
+    seeds = [dict(np.load(run / "init" / f"seed-{s}" / "net.npz")) for s in (0, 1)]
+    assert all(np.array_equal(seeds[0][k], seeds[1][k]) for k in seeds[0])  # the file's weights, head included
+    assert p.stdout.count("read by paddle") == 2
+
+
 @pytest.mark.parametrize("arch,make,expected", [
     ("resnet50", "import torch, torchvision; torch.save(torchvision.models.resnet18().state_dict(), 'w.pth')",
      "w.pth: lacks tensor 'layer1.0.conv3.weight' of resnet50 (and"),
