@@ -103,6 +103,10 @@ class Backend(Protocol):
         """A checkpoint file in this framework's own format, in canonical names and layouts (common/weights.py
         fits it onto a model slot); an unreadable file is a one-line WeightsError naming it."""
 
+    def write_user_checkpoint(self, model: Any, path: Path) -> None:
+        """The model's plain state dict in this framework's own format and naming (torchvision `.pth`,
+        paddle.vision `.pdparams`): the file a user's code loads, which read_checkpoint reads back."""
+
     def predict(self, model: Any, x: np.ndarray) -> np.ndarray:
         """Logits in eval mode, as float32 numpy."""
 

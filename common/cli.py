@@ -197,9 +197,11 @@ def slimbench(argv: list[str] | None = None) -> int:
         print(f"{path}\nuse it with: --set models.<slot>.weights={path}  (or `weights: {path}` in a recipe)")
         return 0
     if a.command == "list":
-        for name in builtin_recipes():
+        names = builtin_recipes()
+        width = max(map(len, names), default=0) + 2
+        for name in names:
             recipe = load_recipe(name)
-            print(f"{name:30s} {_headline(' '.join(recipe.description.split()))}")
+            print(f"{name:{width}s}{_headline(' '.join(recipe.description.split()))}")
         return 0
     if a.command == "show":
         recipe = load_recipe(a.recipe, a.profile, a.overrides, _seeds(a.seeds) if a.seeds is not None else None)

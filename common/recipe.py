@@ -22,6 +22,7 @@ from common.config import (BACKENDS, DATASET_CLASSES, MAX_YAML_DEPTH, MODEL_ARCH
                            AugmentConfig, DataConfig, MeasureConfig, ModelConfig, OptimizerConfig, ParityConfig,
                            RuntimeConfig, ScheduleConfig, WEIGHT_FORMATS)
 from common.errors import RecipeError, UsageError
+from common.pretrain import PretrainConfig
 from common.schema import bounds, convert, one_key_item, parse
 from common.stages.registry import SlotState, Stage, check_refs, stage_types
 
@@ -37,6 +38,7 @@ class Recipe:
     reference_framework: Literal["torch", "paddle"] = "torch"
     runtime: RuntimeConfig = RuntimeConfig()
     parity: ParityConfig = ParityConfig()
+    pretrain: dict[str, PretrainConfig] = field(default_factory=dict)  # slot -> its stand-in checkpoint
     profile: str = "default"
     source: str = ""
     raw: dict = field(default_factory=dict, compare=False, repr=False)
@@ -113,8 +115,8 @@ def _yaml_problem(e: Exception) -> tuple[str, str]:
     return where, str(getattr(e, "problem", None) or e)
 
 
-_TOP_KEYS = ("name", "description", "data", "models", "stages", "seeds", "reference_framework", "runtime",
-             "parity", "profiles")
+_TOP_KEYS = ("name", "description", "data", "models", "pretrain", "stages", "seeds", "reference_framework",
+             "runtime", "parity", "profiles")
 
 
 def recipes_dir() -> Path:
@@ -338,12 +340,17 @@ def validate(data: dict, source: str, profile: str) -> Recipe:
         if classes is not None and mcfg.num_classes is not None and mcfg.num_classes != classes:
             raise RecipeError(source, f"models.{slot}.num_classes", f"{classes} (dataset '{dcfg.dataset}' has "
                               f"{classes} classes) or no value", mcfg.num_classes)
+    pretrain = convert(dict[str, PretrainConfig], data.get("pretrain", {}) or {}, source, "pretrain")
+    for slot in pretrain:
+        if slot not in models:
+            raise RecipeError(source, f"pretrain.{slot}", f"a model slot among {', '.join(models)}", slot)
     raw_stages = data["stages"]
     if not isinstance(raw_stages, list) or not raw_stages:
         raise RecipeError(source, "stages", "a non-empty list of stages", raw_stages)
     stages: list[Stage] = []
     state = SlotState(slots=set(models), archs={slot: m.arch for slot, m in models.items()},
-                      trained={slot for slot, m in models.items() if m.weights})  # a checkpoint is trained weights
+                      trained={slot for slot, m in models.items() if m.weights or slot in pretrain})  # a checkpoint
+    # (the user's, or the stand-in `pretrain` writes) is trained weights
     types = stage_types()
     for i, item in enumerate(raw_stages):
         spath = f"stages[{i}]"
@@ -368,7 +375,7 @@ def validate(data: dict, source: str, profile: str) -> Recipe:
     parity = parse(ParityConfig, data.get("parity", {}) or {}, source, "parity")
     raw = copy.deepcopy(data)
     return Recipe(name=name, description=description, data=dcfg, models=models, stages=tuple(stages), seeds=seeds,
-                  reference_framework=ref, runtime=runtime, parity=parity, profile=profile, source=source, raw=raw)
+                  reference_framework=ref, runtime=runtime, parity=parity, pretrain=pretrain, profile=profile, source=source, raw=raw)
 
 
 def _check_weights_file(path: str, source: str, key: str) -> None:

@@ -143,11 +143,12 @@ def _parity_section(results: list[dict], meta: dict) -> str:
             + (" Where eval-mode logits at initialisation are tiny (MobileNets: ~1e-10), the check compares logits "
                "with batch norm on the probe batch's own statistics, which are O(1)." if named else "") + "\n\n"
             + table(["model", "backend", "seed", "max abs logit diff", "max relative diff", "tolerance", "status"]
-                    + (["compared"] if named else []), rows) + "\n" + _checkpoint_lines(results))
+                    + (["compared"] if named else []), rows) + "\n" + _checkpoint_lines(results, meta))
 
 
-def _checkpoint_lines(results: list[dict]) -> str:
-    """Slots that start from a checkpoint (models.<slot>.weights): which file, and what was re-initialised."""
+def _checkpoint_lines(results: list[dict], meta: dict) -> str:
+    """Slots that start from a checkpoint (models.<slot>.weights): which file, what was re-initialised, and
+    whether the recipe's `pretrain` wrote it as a stand-in (common/pretrain.py)."""
     seen: dict[str, dict] = {}
     for r in results:
         for slot, w in (r.get("initial_weights") or {}).items():
@@ -157,8 +158,14 @@ def _checkpoint_lines(results: list[dict]) -> str:
         head = (f"; its classifier head was re-initialised from the run's seed, identically on every backend "
                 f"({w.get('classes_in_file')} classes in the file, {w.get('classes_here')} here)"
                 if w.get("head_reinitialised") else "")
+        made = (meta.get("pretrained") or {}).get(slot)
+        written = (f" The file was written before the run by the recipe's `pretrain`: `{slot}` trained from scratch "
+                   f"by {title(made['framework'])} for {made['epochs']} epoch(s) (seed {made['seed']}, validation "
+                   f"top-1 {made['val_top1'] * 100:.1f}%) and saved in that framework's own format, a stand-in for "
+                   f"a user's checkpoint (set `models.{slot}.weights` to start from yours)."
+                   if made and made.get("val_top1") is not None else "")
         lines.append(f"- `{slot}` starts from `{Path(w['path']).name}` (sha256 `{w['sha256'][:16]}`, read by "
-                     f"{w['read_by']}, {w['tensors']} tensors){head}.")
+                     f"{w['read_by']}, {w['tensors']} tensors){head}.{written}")
     return ("Checkpoints:\n\n" + "\n".join(lines) + "\n\n") if lines else ""
 
 

@@ -17,7 +17,8 @@ from pathlib import Path
 
 from common.errors import Terminated, raise_terminated
 from common.progress import MARK, fmt_duration
-from common.recipe import Recipe
+from common import pretrain
+from common.recipe import Recipe, validate
 from common.sysinfo import cpu_vendor
 from common.results import SCHEMA_VERSION, atomic_write_json, init_dir, new_run_dir, read_json, seed_dir
 
@@ -145,14 +146,53 @@ def run_recipe(recipe: Recipe, backends: list[str], out: Path, command: str, thr
     start a stage from its trained weights (prune's start_from_reference)."""
     backends = sorted(backends, key=lambda b: b != recipe.reference_framework)
     run_dir = new_run_dir(out, recipe.name)
+    _write_run_meta(run_dir, recipe, backends, threads, command)
+    print(f"slimbench: {recipe.name} (profile {recipe.profile}) on {', '.join(backends)}; seeds "
+          f"{', '.join(map(str, recipe.seeds))}; {threads} thread(s)\n  run directory: {run_dir}", flush=True)
+    return _execute(run_dir, recipe, backends, threads, resume=False)
+
+
+def _write_run_meta(run_dir: Path, recipe: Recipe, backends: list[str], threads: int, command: str) -> None:
     atomic_write_json(run_dir / "run.json", {
         "recipe": recipe.raw, "recipe_source": recipe.source, "recipe_name": recipe.name,
         "recipe_digest": recipe.digest(), "profile": recipe.profile, "backends": backends,
         "seeds": list(recipe.seeds), "threads": threads, "command": command,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-    print(f"slimbench: {recipe.name} (profile {recipe.profile}) on {', '.join(backends)}; seeds "
-          f"{', '.join(map(str, recipe.seeds))}; {threads} thread(s)\n  run directory: {run_dir}", flush=True)
-    return _execute(run_dir, recipe, backends, threads, resume=False)
+
+
+def _pretrain(run_dir: Path, recipe: Recipe, threads: int, resume: bool) -> Recipe:
+    """Write the stand-in checkpoint of every slot that `pretrain` lists and has no weights (common/pretrain.py),
+    each in a sub-run of its own under RUN/pretrain/; return the recipe whose slots start from those files.
+    On resume a written file is kept, and an interrupted sub-run resumes."""
+    todo = pretrain.pending(recipe)
+    if not todo:
+        return recipe
+    from common.worker import load_run_recipe
+    meta = read_json(run_dir / "run.json")
+    for slot, cfg in todo.items():
+        target = pretrain.checkpoint_path(run_dir, slot, cfg)
+        sub_dir = target.parent / slot
+        if slot in (meta.get("pretrained") or {}) and target.is_file():
+            continue
+        sub = validate(pretrain.sub_recipe_data(recipe, slot, cfg), f"{recipe.source} (pretrain.{slot})",
+                       recipe.profile)
+        again = resume and (sub_dir / "run.json").is_file()
+        if not again:
+            sub_dir.mkdir(parents=True, exist_ok=resume)
+            _write_run_meta(sub_dir, sub, [cfg.framework], threads, f"pretrain.{slot} of {run_dir.name}")
+        print(f"pretrain: {slot} ({recipe.models[slot].arch}) trained from scratch by {cfg.framework} for "
+              f"{cfg.epochs} epoch(s) as a stand-in for a user's checkpoint\n  sub-run: {sub_dir}", flush=True)
+        outcome = _execute_all(sub_dir, sub, [cfg.framework], threads, again)
+        if outcome.failures:
+            raise pretrain.PretrainFailed(f"pretrain.{slot}: {outcome.failures[0]}")
+        pretrain.write_user_checkpoint(sub_dir, slot, cfg, target, {
+            **worker_env(threads), **backend_env(cfg.framework, recipe.runtime.cpu_tuning)})
+        result = read_json(seed_dir(sub_dir, cfg.framework, cfg.seed) / "result.json")
+        meta.setdefault("pretrained", {})[slot] = pretrain.pretrain_record(sub_dir, slot, cfg, target, result)
+        atomic_write_json(run_dir / "run.json", meta)
+        print(f"pretrain: {slot} written to {target} (sha256 {meta['pretrained'][slot]['sha256'][:12]}); the run "
+              "starts it from this file as from a user's checkpoint", flush=True)
+    return load_run_recipe(run_dir)
 
 
 def resume_run(run_dir: Path, add_seeds: tuple[int, ...] = ()) -> RunOutcome:
@@ -190,6 +230,7 @@ def _execute(run_dir: Path, recipe: Recipe, backends: list[str], threads: int, r
 def _execute_all(run_dir: Path, recipe: Recipe, backends: list[str], threads: int, resume: bool) -> RunOutcome:
     outcome = RunOutcome(run_dir)
     t0 = time.time()
+    recipe = _pretrain(run_dir, recipe, threads, resume)
     for seed in recipe.seeds:
         ref = recipe.reference_framework
         log = init_dir(run_dir, seed) / "log.txt"

@@ -8,6 +8,8 @@ rewriting result.json after each one.
 from __future__ import annotations
 
 import argparse
+import copy
+import dataclasses
 import resource
 import subprocess
 import signal
@@ -36,8 +38,14 @@ from common.weights import WeightsError, file_sha256, fit_checkpoint, read_canon
 
 
 def load_run_recipe(run_dir: Path) -> Recipe:
+    """The run's recipe; a slot whose stand-in checkpoint `pretrain` wrote (run.json `pretrained`) starts from
+    that file, while the recorded recipe (and its digest) stays the user's."""
     meta = read_json(run_dir / "run.json")
-    return validate(meta["recipe"], meta["recipe_source"], meta["profile"])
+    data = copy.deepcopy(meta["recipe"])
+    for slot, record in (meta.get("pretrained") or {}).items():
+        data["models"][slot]["weights"] = record["file"]
+    recipe = validate(data, meta["recipe_source"], meta["profile"])
+    return dataclasses.replace(recipe, raw=meta["recipe"]) if meta.get("pretrained") else recipe
 
 
 def _probe_and_stream(recipe: Recipe, seed: int) -> tuple[BatchStream, int, np.ndarray]:
@@ -332,16 +340,43 @@ def _record_failure(res: ResultWriter, e: BaseException, stage: str, progress: P
     return 1
 
 
-def _read_weights_main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="python -m common.worker read-weights")
+def cmd_write_weights(trained: Path, backend_name: str, run_dir: Path, slot: str, out: Path) -> None:
+    """A canonical .npz written as the framework's user-format checkpoint (pretrain), then read back through the
+    same reader a user's file goes through and compared tensor by tensor: the stand-in is a real user file."""
+    backend = load_backend(backend_name)
+    recipe = load_run_recipe(run_dir)
+    cfg = recipe.models[slot]
+    state = read_canonical_npz(trained)
+    head = next(a for k, a in reversed(list(state.items())) if a.ndim == 2)  # torchvision Linear: (out, in)
+    model = backend.build_model(cfg, int(head.shape[0]))
+    backend.load_numpy_state(model, state)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    backend.write_user_checkpoint(model, out)
+    back = backend.read_checkpoint(out, cfg)
+    for k, a in state.items():
+        if k not in back or not np.array_equal(back[k], a):
+            raise WeightsError(f"{out}: tensor '{k}' does not read back as written")
+
+
+def _file_command(name: str, argv: list[str]) -> int:
+    """`read-weights FILE` / `write-weights TRAINED`: one checkpoint file converted by a worker of the file's own
+    framework; a bad file is one line on stderr and exit 2, which the caller passes on."""
+    p = argparse.ArgumentParser(prog=f"python -m common.worker {name}")
     p.add_argument("file", type=Path)
     p.add_argument("--backend", required=True)
-    p.add_argument("--arch", required=True)
-    p.add_argument("--small-input", action="store_true")
     p.add_argument("--out", type=Path, required=True)
+    if name == "read-weights":
+        p.add_argument("--arch", required=True)
+        p.add_argument("--small-input", action="store_true")
+    else:
+        p.add_argument("--run", type=Path, required=True)
+        p.add_argument("--slot", required=True)
     a = p.parse_args(argv)
     try:
-        cmd_read_weights(a.file, a.backend, a.arch, a.small_input, a.out)
+        if name == "read-weights":
+            cmd_read_weights(a.file, a.backend, a.arch, a.small_input, a.out)
+        else:
+            cmd_write_weights(a.file, a.backend, a.run, a.slot, a.out)
     except SlimbenchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -350,8 +385,8 @@ def _read_weights_main(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["read-weights"]:
-        return _read_weights_main(argv[1:])
+    if argv[:1] in (["read-weights"], ["write-weights"]):
+        return _file_command(argv[0], argv[1:])
     p = argparse.ArgumentParser(prog="python -m common.worker")
     p.add_argument("command", choices=["init", "run"])
     p.add_argument("run_dir", type=Path)

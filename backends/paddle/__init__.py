@@ -93,6 +93,9 @@ class PaddleBackend:
     def read_checkpoint(self, path: Path, cfg: ModelConfig) -> dict[str, np.ndarray]:
         return weights.read_checkpoint(path, cfg)
 
+    def write_user_checkpoint(self, model: paddle.nn.Layer, path: Path) -> None:
+        weights.write_user_checkpoint(model, path)
+
     def predict(self, model: paddle.nn.Layer | QuantizedModel, x: np.ndarray) -> np.ndarray:
         if isinstance(model, QuantizedModel):
             return model.predict(x)

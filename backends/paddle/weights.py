@@ -120,3 +120,11 @@ def read_checkpoint(path: Path, cfg: ModelConfig) -> dict[str, np.ndarray]:
                            f"{cfg.arch} checkpoint?")
     model.set_state_dict({k: arrays[k] for k in own})
     return state_to_numpy(model)
+
+
+def write_user_checkpoint(model: paddle.nn.Layer, path: Path) -> None:
+    """`paddle.save(model.state_dict())`, what paddle.vision users load with `set_state_dict`; written to a
+    temporary name first so a crash never leaves half a file under the real one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    paddle.save(model.state_dict(), str(tmp))
+    tmp.replace(path)

@@ -59,6 +59,9 @@ class TorchBackend:
     def read_checkpoint(self, path: Path, cfg: ModelConfig) -> dict[str, np.ndarray]:
         return weights.read_checkpoint(path)
 
+    def write_user_checkpoint(self, model: torch.nn.Module, path: Path) -> None:
+        weights.write_user_checkpoint(model, path)
+
     def predict(self, model: torch.nn.Module | QuantizedModel, x: np.ndarray) -> np.ndarray:
         if isinstance(model, QuantizedModel):
             return model.predict(x)

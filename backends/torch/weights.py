@@ -60,3 +60,11 @@ def read_checkpoint(path: Path) -> dict[str, np.ndarray]:
         if not name.endswith("num_batches_tracked"):
             out[name] = v.detach().cpu().numpy().copy()
     return out
+
+
+def write_user_checkpoint(model: nn.Module, path: Path) -> None:
+    """`torch.save(model.state_dict())`, what torchvision users load with `load_state_dict`; written to a
+    temporary name first so a crash never leaves half a file under the real one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(model.state_dict(), tmp)
+    tmp.replace(path)

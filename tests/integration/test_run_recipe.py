@@ -142,7 +142,8 @@ def test_slimbench_list_and_show():
     assert p.returncode == 0
     listed = {line.split()[0]: line for line in p.stdout.splitlines()}
     assert set(listed) == {"kd_resnet50_mobilenet", "kd_methods_resnet50_mobilenet", "prune_agp_mobilenet", "prune_filter_resnet50",
-                           "quant_ptq_resnet50", "quant_qat_mobilenet", "compress_resnet50_mobilenet"}
+                           "quant_ptq_resnet50", "quant_qat_mobilenet", "compress_resnet50_mobilenet",
+                           "from_checkpoint_resnet18_mobilenet"}
     assert listed["quant_ptq_resnet50"].split(None, 1)[1] == "Post-training static int8 quantization"
     p = cli("slimbench", "show", "kd_resnet50_mobilenet", "--profile", "smoke", "--set", "stages.distill.alpha=0.5")
     assert p.returncode == 0 and "alpha: 0.5" in p.stdout and "arch: tiny_cnn" in p.stdout
