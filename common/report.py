@@ -125,7 +125,7 @@ def _training_section(ix: ReportIndex) -> str:
     return ("## Training\n\n"
             + table(["stage", "backend", "output", "epochs", "steps", "train time s", "s / step",
                      "last-epoch train loss", "val top-1 after training"], rows)
-            + "\nTraining time excludes the per-epoch validation pass.\n\n")
+            + "\nTraining time excludes the per-epoch validation pass and batch-norm recalibration.\n\n")
 
 
 def _parity_section(results: list[dict], meta: dict) -> str:

@@ -140,9 +140,14 @@ def _convergence_findings(results: list[dict]) -> list[Finding]:
                     continue
                 gain = hist[-1]["val_top1"] - hist[-2]["val_top1"]
                 if gain >= PLATEAU_GAIN:
+                    # Results from before every epoch was recalibrated: only the last epoch's statistics were.
+                    mixed = (" (only this last epoch was evaluated on recalibrated batch-norm statistics, earlier "
+                             "ones on EMA statistics: the rise may be the recalibration, and a plateau is not shown)"
+                             if rec.get("bn_recalibration_batches") and not rec.get("bn_recalibrated_every_epoch")
+                             else "")
                     out.setdefault(key, Finding("not_converged", slot, f"`{st['name']}` still improving at its end "
                                    f"on {who} (seed {r['seed']}: validation top-1 +{gain * 100:.1f} points over the "
-                                   f"last epoch)", r["backend"], short=f"`{st['name']}` not converged"))
+                                   f"last epoch{mixed})", r["backend"], short=f"`{st['name']}` not converged"))
     return list(out.values())
 
 

@@ -106,14 +106,21 @@ def recalibrate_bn(model: nn.Layer, batches, onednn_depthwise: bool = False) -> 
     running = momentum * running + (1 - momentum) * batch, which is exactly the running average.
     A program fixes the momentum when traced, so there the batches run with momentum 0 (running = batch
     statistics) and the average is taken here.
+
+    Dropout stays off, and every layer's mode is restored: recalibrating draws no random numbers and leaves
+    the model as training left it, so recalibrating before every validation does not change the weights.
     """
     bns = [m for m in model.sublayers() if isinstance(m, nn.layer.norm._BatchNormBase)]
     saved = [m._momentum for m in bns]
+    modes = [(m, m.training) for m in model.sublayers(include_self=True)]
     program = forward_program(model, "batch-norm statistics") if onednn_depthwise else None
     for m in bns:
         m._mean.set_value(paddle.zeros_like(m._mean))
         m._variance.set_value(paddle.ones_like(m._variance))
     model.train()
+    for m in model.sublayers():
+        if isinstance(m, nn.Dropout):
+            m.eval()
     sums: list[list[np.ndarray]] = [[np.zeros(m._mean.shape), np.zeros(m._variance.shape)] for m in bns]
     count = 0
     try:
@@ -134,3 +141,5 @@ def recalibrate_bn(model: nn.Layer, batches, onednn_depthwise: bool = False) -> 
     finally:
         for m, momentum in zip(bns, saved):
             m._momentum = momentum
+        for m, training in modes:
+            m.training = training

@@ -104,13 +104,20 @@ class Trainer:
 
 
 def recalibrate_bn(model: nn.Module, batches, device: torch.device) -> None:
-    """Cumulative-average BN statistics (momentum=None) over the given batches; mirrors the paddle backend."""
+    """Cumulative-average BN statistics (momentum=None) over the given batches; mirrors the paddle backend.
+
+    Dropout stays off, and every module's mode is restored: recalibrating draws no random numbers and leaves
+    the model as training left it, so recalibrating before every validation does not change the weights."""
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     saved = [m.momentum for m in bns]
+    modes = [(m, m.training) for m in model.modules()]
     for m in bns:
         m.reset_running_stats()
         m.momentum = None
     model.train()
+    for m in model.modules():
+        if isinstance(m, nn.modules.dropout._DropoutNd):
+            m.eval()
     try:
         with torch.no_grad():
             for x in batches:
@@ -118,3 +125,5 @@ def recalibrate_bn(model: nn.Module, batches, device: torch.device) -> None:
     finally:
         for m, momentum in zip(bns, saved):
             m.momentum = momentum
+        for m, training in modes:
+            m.training = training

@@ -143,22 +143,32 @@ def fit(ctx: RunContext, stage: Stage, runner: StepRunner, model: Any, epochs: i
                                        f"(now {opt.lr}) or add schedule.warmup_epochs")
             losses.append(loss)
             ctx.progress.step(epoch, step, loss, lr)
-        if bn_batches and epoch == epochs - 1:
-            recalibrate_bn(ctx, model, bn_batches, epochs)
-            ctx.progress.say(f"{stage.name}: batch-norm statistics recomputed over {bn_batches} training batches")
         epoch_time = time.perf_counter() - t0
         load.stop()
         train_time += epoch_time
+        recal_time = 0.0
+        if bn_batches:
+            # Before every validation, not only the last: each epoch's top-1 is then measured the same way, and
+            # the plateau check (common/validity.py) compares like with like. Recalibration draws no random
+            # numbers and the train-mode forward never reads running statistics, so the weights are unchanged.
+            # Timed apart from training, like the validation pass.
+            t1 = time.perf_counter()
+            recalibrate_bn(ctx, model, bn_batches, epoch + 1)
+            recal_time = time.perf_counter() - t1
+            if epoch == epochs - 1:
+                ctx.progress.say(f"{stage.name}: batch-norm statistics recomputed over {bn_batches} training "
+                                 "batches before each validation")
         logits, labels = evaluate_logits(ctx.backend, model, ctx.stream)
         val = classification_metrics(logits, labels)
         history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "last_lr": lr,
                         "val_top1": val["top1"], "val_top5": val["top5"], "val_loss": val["loss"],
-                        "epoch_time_s": epoch_time})
+                        "epoch_time_s": epoch_time, "bn_recalibration_s": recal_time})
         ctx.progress.epoch_done(epoch, float(np.mean(losses)), val, epoch_time)
     if load.warning(f"stage {stage.name}'s training"):
         ctx.progress.say(load.warning(f"stage {stage.name}'s training"))
     return {"epochs": epochs, "steps": total, "train_time_s": train_time, "load": load.record(),
             "time_per_step_s": train_time / max(total, 1), "bn_recalibration_batches": bn_batches,
+            "bn_recalibrated_every_epoch": bool(bn_batches),
             "history": history,
             "final": history[-1] if history else {}}
 

@@ -21,7 +21,7 @@ class TrainStage(OneModelSlots):
     epochs: int = field(default=1, metadata=bounds(ge=0))
     optimizer: OptimizerConfig = OptimizerConfig()
     schedule: ScheduleConfig = ScheduleConfig()
-    # Recompute BN running statistics over this many training batches after the last epoch ("precise BN").
+    # Recompute BN running statistics over this many training batches before each validation ("precise BN").
     bn_recalibration_batches: int = field(default=0, metadata=bounds(ge=0))
 
 

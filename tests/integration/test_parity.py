@@ -96,6 +96,30 @@ def test_bn_recalibration_matches(backends):
     assert np.allclose(a[var], b[var], rtol=2e-2)  # torch keeps the unbiased batch variance, paddle the biased one
 
 
+def test_bn_recalibration_draws_no_random_numbers_and_keeps_every_mode(backends):
+    """The training loop recalibrates before every validation (common/stages/loop.py): that must not move the
+    framework's random stream (MobileNetV2's dropout would draw from it in train mode) nor leave a layer in
+    another mode than training had it in, or recalibrating would change the weights training produces."""
+    import paddle
+    import torch
+    tb, pb = backends
+    tm, pm = transfer(tb, pb, "mobilenet_v2")
+    batches = [np.random.default_rng(i).standard_normal((4, 3, 32, 32)).astype(np.float32) for i in range(2)]
+    for backend, model, seed, draw, modes in (
+            (tb, tm, torch.manual_seed, lambda: torch.rand(4).numpy(),
+             lambda m: [x.training for x in m.modules()]),
+            (pb, pm, paddle.seed, lambda: paddle.rand([4]).numpy(),
+             lambda m: [x.training for x in m.sublayers(include_self=True)])):
+        model.train()
+        before = modes(model)
+        seed(11)
+        expected = draw()
+        seed(11)
+        backend.recalibrate_bn(model, iter(batches))
+        assert np.array_equal(draw(), expected), backend.name
+        assert modes(model) == before, backend.name
+
+
 @pytest.mark.parametrize("arch", ["tiny_cnn", "mobilenet_v2"])
 def test_exported_artifacts_count_the_same_params_and_macs(backends, arch, tmp_path: Path):
     tb, pb = backends

@@ -98,6 +98,20 @@ def test_training_not_converged_is_found(tmp_path: Path, history, expected):
     assert list(found) == ["not_converged"] and expected in found["not_converged"][0]
 
 
+@pytest.mark.parametrize("every_epoch,mixed", [(True, False), (False, True)])
+def test_a_rise_on_the_only_recalibrated_epoch_says_so(tmp_path: Path, every_epoch: bool, mixed: bool):
+    """Older results recalibrated batch norm before the last validation only: their last-epoch rise is not
+    compared like with like, and the finding says so; results recalibrated every epoch are compared plainly."""
+    history = [{"epoch": 1, "val_top1": 0.84, "train_loss": 0.3}, {"epoch": 2, "val_top1": 0.97, "train_loss": 0.2}]
+    results = runs({"teacher": 0.95, "student_kd": 0.97}, histories={"student_kd": history})
+    for r in results:
+        for st in r["stages"]:
+            st.update(bn_recalibration_batches=10, bn_recalibrated_every_epoch=every_epoch)
+    found = checks(make_run(tmp_path, results))
+    assert list(found) == ["not_converged"] and "+13.0 points" in found["not_converged"][0]
+    assert ("the rise may be the recalibration" in found["not_converged"][0]) is mixed
+
+
 @pytest.mark.parametrize("counts,expected", [([36] * 9 + [0], "no images of class(es) 9"),
                                              ([36] * 9 + [4], "fewer than 10 images")])
 def test_a_thin_validation_split_is_found(tmp_path: Path, counts, expected):
