@@ -15,7 +15,7 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[torch,paddle,test]'
+	$(BIN)/python -m pip install --quiet -e '.[torch,paddle,test,ray,tracking]'
 	rm -f $(VENV)/.installed-*
 	touch $@
 

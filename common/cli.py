@@ -1,4 +1,4 @@
-"""Command-line entry points: `run-recipe` and `slimbench {list,show,report}`."""
+"""Command-line entry points: `run-recipe` and `slimbench {list,show,report,compare,sweep,weights}`."""
 from __future__ import annotations
 
 import argparse
@@ -96,22 +96,74 @@ def _recipe_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", type=str, default=None, help="comma-separated seeds, e.g. 0,1,2")
 
 
+def _executor_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", type=Path, default=Path("runs"), help="runs directory (default ./runs)")
+    p.add_argument("--threads", type=_threads, default=None, help="CPU threads per backend (default: runtime.threads "
+                   "from the recipe, else all cores)")
+    p.add_argument("--executor", choices=["local", "ray"], default="local", help="local: workers one after another "
+                   "on this machine (default); ray: each (backend, seed) worker as a Ray task")
+    p.add_argument("--ray-address", default=None, metavar="ADDR", help="an existing Ray cluster (default with "
+                   "--executor ray: a local Ray instance started and stopped for this command)")
+    p.add_argument("--mlflow", nargs="?", const="", default=None, metavar="TRACKING_URI", help="log every run to "
+                   "MLflow (default: a SQLite store, OUT/mlflow.db)")
+
+
+def _check_executor_flags(a: argparse.Namespace) -> None:
+    if a.ray_address and a.executor != "ray":
+        raise UsageError("--ray-address needs --executor ray")
+
+
+def _executor(a: argparse.Namespace):
+    if a.executor == "ray":
+        from common.ray_executor import RayExecutor
+        return RayExecutor(a.ray_address)
+    from common.runner import LocalExecutor
+    return LocalExecutor()
+
+
+def _finish(outcome, mlflow_uri: str | None) -> list[str]:
+    """After a run: its report, one warning line per validity finding, MLflow; the run's failures."""
+    from common.report import write_report
+    report = write_report(outcome.run_dir)
+    print(f"\nresults: {outcome.run_dir}/<backend>/seed-<n>/result.json\nreport:  {report}")
+    _warn_validity(report.parent / "results.json")
+    if mlflow_uri is not None:
+        from common.tracking import log_run
+        logged = log_run(outcome.run_dir, mlflow_uri)
+        print(f"mlflow:  experiment '{logged['experiment']}' ({logged['experiment_id']}), {len(logged['runs'])} "
+              f"run(s) under {logged['parent']} at {logged['uri']}")
+    return outcome.failures
+
+
+def _mlflow_uri(a: argparse.Namespace, out: Path) -> str | None:
+    if a.mlflow is None:
+        return None
+    from common.tracking import default_uri
+    return a.mlflow or default_uri(out)
+
+
+def _exit(failures: list[str]) -> int:
+    if failures:
+        print("\nFAILED:\n" + "\n".join(f"  - {f}" for f in failures), file=sys.stderr)
+        return 1
+    return 0
+
+
 @_guard
 def run_recipe(argv: list[str] | None = None) -> int:
     p = _Parser(prog="run-recipe", description="Run a compression recipe on PyTorch and/or "
                                 "PaddlePaddle and write comparable results and a report.")
-    p.add_argument("recipe", nargs="?", help="built-in recipe name (see `slimbench list`) or path to a recipe .yaml")
+    p.add_argument("recipe", nargs="*", help="built-in recipe name (see `slimbench list`) or path to a recipe .yaml; "
+                   "several: a sweep, one run directory each")
     p.add_argument("--resume", type=Path, metavar="RUN_DIR", default=None,
                    help="finish an interrupted or failed run in place (completed stages are kept); "
                    "with --seeds, also run the seeds the run does not have yet")
     p.add_argument("--backend", default="all", help="torch | paddle | all (default)")
     _recipe_args(p)
-    p.add_argument("--out", type=Path, default=Path("runs"), help="runs directory (default ./runs)")
-    p.add_argument("--threads", type=_threads, default=None, help="CPU threads per backend (default: runtime.threads "
-                   "from the recipe, else all cores)")
+    _executor_args(p)
     a = p.parse_args(argv)
-    from common.report import write_report
-    from common.runner import resume_run, run_recipe as run
+    _check_executor_flags(a)
+    from common.runner import resume_run
     if a.resume:
         if a.recipe or a.overrides or a.profile != "default":
             raise UsageError("--resume RUN_DIR takes the recipe and profile from the run itself: pass no recipe, "
@@ -119,23 +171,43 @@ def run_recipe(argv: list[str] | None = None) -> int:
         from common.worker import load_run_recipe
         meta = read_run_meta(a.resume)
         check_capabilities(load_run_recipe(a.resume), meta["backends"])
-        outcome = resume_run(a.resume, _seeds(a.seeds) if a.seeds is not None else ())
-    else:
-        if not a.recipe:
-            raise UsageError("give a recipe (see `slimbench list`) or --resume RUN_DIR")
-        backends = _backends(a.backend)
-        recipe = load_recipe(a.recipe, a.profile, a.overrides, _seeds(a.seeds) if a.seeds is not None else None)
-        check_capabilities(recipe, backends)  # before anything trains: a stage a backend cannot run fails now
-        threads = a.threads or recipe.runtime.threads or os.cpu_count() or 1
-        command = shlex.join(["run-recipe", *(argv if argv is not None else sys.argv[1:])])
-        outcome = run(recipe, backends, _writable_dir(a.out, "--out"), command, threads)
-    report = write_report(outcome.run_dir)
-    print(f"\nresults: {outcome.run_dir}/<backend>/seed-<n>/result.json\nreport:  {report}")
-    _warn_validity(report.parent / "results.json")
-    if outcome.failures:
-        print("\nFAILED:\n" + "\n".join(f"  - {f}" for f in outcome.failures), file=sys.stderr)
-        return 1
-    return 0
+        executor = _executor(a)
+        try:
+            outcome = resume_run(a.resume, _seeds(a.seeds) if a.seeds is not None else (), executor)
+        finally:
+            executor.close()
+        return _exit(_finish(outcome, _mlflow_uri(a, a.resume.parent.parent)))
+    if not a.recipe:
+        raise UsageError("give a recipe (see `slimbench list`) or --resume RUN_DIR")
+    from common.sweep import plan
+    runs = plan(a.recipe, (a.profile,), (tuple(a.overrides),), _seeds(a.seeds) if a.seeds is not None else None)
+    command = shlex.join(["run-recipe", *(argv if argv is not None else sys.argv[1:])])
+    return _run_all(runs, _backends(a.backend), a, command)
+
+
+def _run_all(runs: list, backends: list[str], a: argparse.Namespace, command: str) -> int:
+    """Run one recipe, or a sweep of them, on the chosen executor; a report (and MLflow) per run."""
+    from common.runner import run_recipe as run
+    from common.sweep import run_sweep
+    for item in runs:  # before anything trains: a stage a backend cannot run fails now
+        check_capabilities(item.recipe, backends)
+    out = _writable_dir(a.out, "--out")
+    uri = _mlflow_uri(a, out)
+    executor = _executor(a)
+
+    def start(item) -> list[str]:
+        threads = a.threads or item.recipe.runtime.threads or os.cpu_count() or 1
+        return _finish(run(item.recipe, backends, out, command, threads, executor), uri)
+
+    try:
+        if len(runs) == 1:
+            return _exit(start(runs[0]))
+        outcomes = run_sweep(runs, start, concurrent=executor.name != "local")
+    finally:
+        executor.close()
+    failures = [f for o, item in zip(outcomes, runs)
+                for f in (o if isinstance(o, list) else [f"{item.label}: {type(o).__name__}: {o}"])]
+    return _exit(failures)
 
 
 def _refuse_contended(run_dir: Path, allowed: bool) -> None:
@@ -184,6 +256,10 @@ def slimbench(argv: list[str] | None = None) -> int:
     cmp.add_argument("run_a", type=Path)
     cmp.add_argument("run_b", type=Path)
     cmp.add_argument("--out", type=Path, default=None, help="also write the comparison (Markdown) to this file")
+    swp = sub.add_parser("sweep", help="run a grid of recipes x profiles x --set variants, one run directory each")
+    swp.add_argument("grid", type=Path, help="the grid's YAML file (keys: recipes, profiles, variants, seeds, "
+                     "backends; see common/sweep.py)")
+    _executor_args(swp)
     wts = sub.add_parser("weights", help="published weights: `weights fetch ARCH` downloads torchvision's ImageNet "
                          "weights into a cache directory for models.<slot>.weights")
     wsub = wts.add_subparsers(dest="weights_command", required=True)
@@ -192,6 +268,13 @@ def slimbench(argv: list[str] | None = None) -> int:
     fetch.add_argument("--dir", type=Path, default=DEFAULT_DIR, help=f"cache directory (default {DEFAULT_DIR})")
     fetch.add_argument("--mirror", default=None, help="fetch the same file name from this base URL instead")
     a = p.parse_args(argv)
+    if a.command == "sweep":
+        _check_executor_flags(a)
+        from common.sweep import plan, read_grid
+        grid = read_grid(a.grid)
+        runs = plan(list(grid.recipes), grid.profiles, grid.variants, grid.seeds)
+        command = shlex.join(["slimbench", *(argv if argv is not None else sys.argv[1:])])
+        return _run_all(runs, _backends(grid.backends), a, command)
     if a.command == "weights":
         path = fetch_weights(a.arch, a.dir, a.mirror)
         print(f"{path}\nuse it with: --set models.<slot>.weights={path}  (or `weights: {path}` in a recipe)")

@@ -187,17 +187,22 @@ def _data_section(results: list[dict]) -> str:
 
 
 def _environment_section(results: list[dict]) -> str:
+    """Where and with what each (backend, seed) ran; the host column appears for results that record it (a Ray
+    executor may run seeds on several machines)."""
+    hosts = any((r.get("environment") or {}).get("host") for r in results)
     rows = []
     for r in results:
         env = r.get("environment") or {}
         cpu = env.get("cpu") or {}
         vers = ", ".join(f"{k} {v}" for k, v in (env.get("versions") or {}).items())
-        rows.append([title(r["backend"]), str(r["seed"]), vers, env.get("device", "?"),
-                     str(env.get("threads", "?")), f"{cpu.get('model', '?')} ({cpu.get('logical_cores', '?')} cores; "
-                     f"{' '.join(cpu.get('flags', []))})", f"{r.get('peak_rss_mb', 0):.0f} MB",
-                     f"{r.get('wall_time_s', 0):.0f} s"])
-    return "## Environment per run\n\n" + table(["backend", "seed", "versions", "device", "threads", "CPU",
-                                                  "peak RSS", "wall time"], rows)
+        rows.append([title(r["backend"]), str(r["seed"])] + ([f"`{env.get('host', '?')}`"] if hosts else [])
+                    + [vers, env.get("device", "?"), str(env.get("threads", "?")),
+                       f"{cpu.get('model', '?')} ({cpu.get('logical_cores', '?')} cores; "
+                       f"{' '.join(cpu.get('flags', []))})", f"{r.get('peak_rss_mb', 0):.0f} MB",
+                       f"{r.get('wall_time_s', 0):.0f} s"])
+    return "## Environment per run\n\n" + table(["backend", "seed"] + (["host"] if hosts else [])
+                                                 + ["versions", "device", "threads", "CPU", "peak RSS", "wall time"],
+                                                 rows)
 
 
 def _parent_section(run_dir: Path, ix: ReportIndex) -> str:

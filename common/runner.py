@@ -11,9 +11,11 @@ import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from common.errors import Terminated, raise_terminated
 from common.progress import MARK, fmt_duration
@@ -21,6 +23,19 @@ from common import pretrain
 from common.recipe import Recipe, validate
 from common.sysinfo import cpu_vendor
 from common.results import SCHEMA_VERSION, atomic_write_json, init_dir, new_run_dir, read_json, seed_dir
+
+class Executor(Protocol):
+    """Where workers run: LocalExecutor (subprocesses here) or common/ray_executor.RayExecutor (Ray tasks)."""
+    name: str
+
+    def describe(self) -> dict[str, object]: ...
+
+    def run(self, args: list[str], log_path: Path, label: str, threads: int, backend: str, cpu_tuning: bool,
+            run_dir: Path) -> int:
+        """Run one worker to its end; its exit code (negative: killed by that signal)."""
+
+    def close(self) -> None: ...
+
 
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS")
 
@@ -92,6 +107,21 @@ def run_worker(args: list[str], log_path: Path, label: str, threads: int,
     return code
 
 
+class LocalExecutor:
+    """The default executor: each worker a subprocess of this machine, one after another."""
+    name = "local"
+
+    def describe(self) -> dict[str, object]:
+        return {"name": self.name}
+
+    def run(self, args: list[str], log_path: Path, label: str, threads: int, backend: str, cpu_tuning: bool,
+            run_dir: Path) -> int:
+        return run_worker(args, log_path, label, threads, backend_env(backend, cpu_tuning))
+
+    def close(self) -> None:
+        pass
+
+
 def _last_error(log_path: Path) -> str:
     """The line of a worker's log that says why it stopped: its FAILED progress line, else the last line
     of a traceback (an error while the worker started, before it could write its result)."""
@@ -141,7 +171,8 @@ def _mark_crashed(result_path: Path, code: int, backend: str, seed: int, log_pat
         atomic_write_json(result_path, data)
 
 
-def run_recipe(recipe: Recipe, backends: list[str], out: Path, command: str, threads: int) -> RunOutcome:
+def run_recipe(recipe: Recipe, backends: list[str], out: Path, command: str, threads: int,
+               executor: "Executor | None" = None) -> RunOutcome:
     """A new run in a fresh directory. The reference framework runs first for each seed: later backends may
     start a stage from its trained weights (prune's start_from_reference)."""
     backends = sorted(backends, key=lambda b: b != recipe.reference_framework)
@@ -149,7 +180,7 @@ def run_recipe(recipe: Recipe, backends: list[str], out: Path, command: str, thr
     _write_run_meta(run_dir, recipe, backends, threads, command)
     print(f"slimbench: {recipe.name} (profile {recipe.profile}) on {', '.join(backends)}; seeds "
           f"{', '.join(map(str, recipe.seeds))}; {threads} thread(s)\n  run directory: {run_dir}", flush=True)
-    return _execute(run_dir, recipe, backends, threads, resume=False)
+    return _execute(run_dir, recipe, backends, threads, resume=False, executor=executor or LocalExecutor())
 
 
 def _write_run_meta(run_dir: Path, recipe: Recipe, backends: list[str], threads: int, command: str) -> None:
@@ -160,7 +191,7 @@ def _write_run_meta(run_dir: Path, recipe: Recipe, backends: list[str], threads:
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
 
 
-def _pretrain(run_dir: Path, recipe: Recipe, threads: int, resume: bool) -> Recipe:
+def _pretrain(run_dir: Path, recipe: Recipe, threads: int, resume: bool, executor: "Executor") -> Recipe:
     """Write the stand-in checkpoint of every slot that `pretrain` lists and has no weights (common/pretrain.py),
     each in a sub-run of its own under RUN/pretrain/; return the recipe whose slots start from those files.
     On resume a written file is kept, and an interrupted sub-run resumes."""
@@ -182,7 +213,7 @@ def _pretrain(run_dir: Path, recipe: Recipe, threads: int, resume: bool) -> Reci
             _write_run_meta(sub_dir, sub, [cfg.framework], threads, f"pretrain.{slot} of {run_dir.name}")
         print(f"pretrain: {slot} ({recipe.models[slot].arch}) trained from scratch by {cfg.framework} for "
               f"{cfg.epochs} epoch(s) as a stand-in for a user's checkpoint\n  sub-run: {sub_dir}", flush=True)
-        outcome = _execute_all(sub_dir, sub, [cfg.framework], threads, again)
+        outcome = _execute_all(sub_dir, sub, [cfg.framework], threads, again, executor)
         if outcome.failures:
             raise pretrain.PretrainFailed(f"pretrain.{slot}: {outcome.failures[0]}")
         pretrain.write_user_checkpoint(sub_dir, slot, cfg, target, {
@@ -195,7 +226,7 @@ def _pretrain(run_dir: Path, recipe: Recipe, threads: int, resume: bool) -> Reci
     return load_run_recipe(run_dir)
 
 
-def resume_run(run_dir: Path, add_seeds: tuple[int, ...] = ()) -> RunOutcome:
+def resume_run(run_dir: Path, add_seeds: tuple[int, ...] = (), executor: "Executor | None" = None) -> RunOutcome:
     """Finish an interrupted or failed run in place: finished (backend, seed) runs and completed stages are kept.
     `add_seeds` extends the run by more replicates of the same recipe (a 1-seed run grown to 3 keeps its seed 0)."""
     from common.worker import load_run_recipe
@@ -208,13 +239,19 @@ def resume_run(run_dir: Path, add_seeds: tuple[int, ...] = ()) -> RunOutcome:
     recipe = load_run_recipe(run_dir)
     print(f"slimbench: resuming {run_dir} ({recipe.name}, profile {recipe.profile})"
           + (f"; adding seed(s) {', '.join(map(str, new))}" if new else ""), flush=True)
-    return _execute(run_dir, recipe, meta["backends"], meta["threads"], resume=True)
+    return _execute(run_dir, recipe, meta["backends"], meta["threads"], resume=True,
+                    executor=executor or LocalExecutor())
 
 
-def _execute(run_dir: Path, recipe: Recipe, backends: list[str], threads: int, resume: bool) -> RunOutcome:
-    previous = signal.signal(signal.SIGTERM, raise_terminated)
+def _execute(run_dir: Path, recipe: Recipe, backends: list[str], threads: int, resume: bool,
+             executor: "Executor") -> RunOutcome:
+    meta = read_json(run_dir / "run.json")
+    meta.setdefault("executors", []).append({**executor.describe(), "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    atomic_write_json(run_dir / "run.json", meta)
+    main_thread = threading.current_thread() is threading.main_thread()  # a sweep runs runs in threads
+    previous = signal.signal(signal.SIGTERM, raise_terminated) if main_thread else None
     try:
-        return _execute_all(run_dir, recipe, backends, threads, resume)
+        return _execute_all(run_dir, recipe, backends, threads, resume, executor)
     except (KeyboardInterrupt, Terminated) as stop:
         what = "SIGTERM" if isinstance(stop, Terminated) else "SIGINT"
         meta = read_json(run_dir / "run.json")
@@ -224,21 +261,23 @@ def _execute(run_dir: Path, recipe: Recipe, backends: list[str], threads: int, r
               file=sys.stderr, flush=True)
         raise
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
-def _execute_all(run_dir: Path, recipe: Recipe, backends: list[str], threads: int, resume: bool) -> RunOutcome:
+def _execute_all(run_dir: Path, recipe: Recipe, backends: list[str], threads: int, resume: bool,
+                 executor: "Executor") -> RunOutcome:
     outcome = RunOutcome(run_dir)
     t0 = time.time()
-    recipe = _pretrain(run_dir, recipe, threads, resume)
+    recipe = _pretrain(run_dir, recipe, threads, resume, executor)
     for seed in recipe.seeds:
         ref = recipe.reference_framework
         log = init_dir(run_dir, seed) / "log.txt"
         if resume and (init_dir(run_dir, seed) / "init.json").is_file():
             code = 0
         else:
-            code = run_worker(["init", str(run_dir), "--backend", ref, "--seed", str(seed)], log,
-                              f"init seed {seed}", threads, backend_env(ref, recipe.runtime.cpu_tuning))
+            code = executor.run(["init", str(run_dir), "--backend", ref, "--seed", str(seed)], log,
+                                f"init seed {seed}", threads, ref, recipe.runtime.cpu_tuning, run_dir)
         if code != 0:
             msg = (f"seed {seed}: creating initial weights with the reference framework '{ref}' failed "
                    f"(exit {code}); see {log}")
@@ -254,8 +293,8 @@ def _execute_all(run_dir: Path, recipe: Recipe, backends: list[str], threads: in
                 continue
             t_b = time.time()
             args = ["run", str(run_dir), "--backend", backend, "--seed", str(seed)] + (["--resume"] if resume else [])
-            code = run_worker(args, sdir / "log.txt", f"{backend} seed {seed}", threads,
-                              backend_env(backend, recipe.runtime.cpu_tuning))
+            code = executor.run(args, sdir / "log.txt", f"{backend} seed {seed}", threads, backend,
+                                recipe.runtime.cpu_tuning, run_dir)
             if code != 0:
                 _mark_crashed(sdir / "result.json", code, backend, seed, sdir / "log.txt")
                 err = read_json(sdir / "result.json").get("error") or {}

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import platform
+import socket
 import subprocess
 from pathlib import Path
 
@@ -52,4 +53,4 @@ def project_commit() -> dict[str, object] | None:
 
 def platform_info() -> dict[str, object]:
     return {"python": platform.python_version(), "numpy": np.__version__, "os": platform.platform(),
-            "cpu": cpu_info(), "slimbench": project_commit()}
+            "host": socket.gethostname(), "cpu": cpu_info(), "slimbench": project_commit()}

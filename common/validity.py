@@ -27,7 +27,7 @@ DEGENERATE_LOGITS = 1e-3  # largest |logit| of the parity probe below this: the 
 
 @dataclass(frozen=True)
 class Finding:
-    check: str  # chance | collapsed | not_converged | split | parity | seeds | contended | load_unknown
+    check: str  # chance | collapsed | not_converged | split | parity | seeds | contended | load_unknown | machines
     subject: str  # the model slot or stage it concerns; "" for the whole run
     message: str  # one line a team can act on
     backend: str | None = None
@@ -51,6 +51,7 @@ _SHORT = {
     "not_converged": lambda f: f"`{f.subject}` not converged",
     "contended": lambda f: "timed under background load" + (f" on {title(f.backend)}" if f.backend else ""),
     "load_unknown": lambda f: "background load not recorded",
+    "machines": lambda f: "timed on several machines",
 }
 
 
@@ -207,6 +208,21 @@ def _seed_findings(results: list[dict]) -> list[Finding]:
                     "0,1,2 or `run-recipe --resume RUN --seeds 0,1,2`)")]
 
 
+def _machine_findings(results: list[dict]) -> list[Finding]:
+    """Timings are compared only when one machine took them all: results from several hosts (or CPU models), as a
+    Ray executor can produce, withhold every timing verdict of the run."""
+    from common.stages.registry import stage_type
+    where = {((r.get("environment") or {}).get("host"), ((r.get("environment") or {}).get("cpu") or {}).get("model"))
+             for r in results if r.get("status") == "ok"}
+    if len(where) < 2:
+        return []
+    groups = sorted({group for r in results for st in r.get("stages", []) if st.get("status") == "ok"
+                     and stage_type(st["type"]) is not None for group, *_ in stage_type(st["type"]).timings(st)})
+    names = ", ".join(f"{h or '?'} ({c or '?'})" for h, c in sorted(where, key=str))
+    return [Finding("machines", "", f"the runs were timed on {len(where)} machines ({names}): timings taken on "
+                    "different machines are not compared", groups=tuple(groups))]
+
+
 def _load_findings(results: list[dict]) -> list[Finding]:
     """Timings taken while other processes used the CPU (common/load.py): latency of a model, a stage's training."""
     out: dict[tuple[str, str, str], Finding] = {}
@@ -242,7 +258,8 @@ def check_run(run_dir: Path, results: list[dict]) -> list[Finding]:
     """Every failed validity check of a run, in the order the report lists them."""
     k = num_classes(run_dir, results)
     return (_seed_findings(results) + _split_findings(run_dir, results, k) + _parity_findings(results)
-            + _model_findings(run_dir, results, k) + _convergence_findings(results) + _load_findings(results))
+            + _model_findings(run_dir, results, k) + _convergence_findings(results) + _load_findings(results)
+            + _machine_findings(results))
 
 
 def lineage(meta: dict) -> dict[str, set[str]]:

@@ -112,6 +112,18 @@ def test_a_rise_on_the_only_recalibrated_epoch_says_so(tmp_path: Path, every_epo
     assert ("the rise may be the recalibration" in found["not_converged"][0]) is mixed
 
 
+def test_timings_from_several_machines_withhold_timing_verdicts(tmp_path: Path):
+    results = runs({"teacher": 0.95, "student_kd": 0.93})
+    for r in results:
+        r["environment"] = {"host": f"node-{r['seed'] % 2}", "cpu": {"model": "EPYC"}}
+    found = [f for f in check_run(make_run(tmp_path, results), results) if f.check == "machines"]
+    assert len(found) == 1 and "timed on 2 machines (node-0 (EPYC), node-1 (EPYC))" in found[0].message
+    assert found[0].groups == ("training time",) and found[0].short == "timed on several machines"
+    for r in results:
+        r["environment"]["host"] = "node-0"
+    assert not [f for f in check_run(make_run(tmp_path / "one", results), results) if f.check == "machines"]
+
+
 @pytest.mark.parametrize("counts,expected", [([36] * 9 + [0], "no images of class(es) 9"),
                                              ([36] * 9 + [4], "fewer than 10 images")])
 def test_a_thin_validation_split_is_found(tmp_path: Path, counts, expected):
