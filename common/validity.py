@@ -142,8 +142,8 @@ def _convergence_findings(results: list[dict]) -> list[Finding]:
                 gain = hist[-1]["val_top1"] - hist[-2]["val_top1"]
                 if gain >= PLATEAU_GAIN:
                     # Results from before every epoch was recalibrated: only the last epoch's statistics were.
-                    mixed = (" (only this last epoch was evaluated on recalibrated batch-norm statistics, earlier "
-                             "ones on EMA statistics: the rise may be the recalibration, and a plateau is not shown)"
+                    mixed = ("; only that epoch was evaluated on recalibrated batch-norm statistics, the earlier "
+                             "ones on EMA statistics, so the rise may be the recalibration and a plateau is not shown"
                              if rec.get("bn_recalibration_batches") and not rec.get("bn_recalibrated_every_epoch")
                              else "")
                     out.setdefault(key, Finding("not_converged", slot, f"`{st['name']}` still improving at its end "
