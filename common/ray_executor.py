@@ -8,7 +8,8 @@ with one line naming its node otherwise, so a cluster without shared storage nev
 
 Timings stay comparable: every task of one run is pinned to the node its first task ran on (a run's latency is
 compared on one machine; a sweep spreads whole runs over nodes), and tasks ask for the recipe's threads as CPUs
-plus one unit of the `slimbench` resource when the cluster defines it (start each node with
+(and a GPU for `runtime.device: cuda`, or `auto` on a cluster with GPUs) plus one unit of the `slimbench`
+resource when the cluster defines it (start each node with
 `--resources='{"slimbench": 1}'` to run one slimbench worker per node at a time; the local instance does).
 The node's own CPU decides the backend's environment (e.g. MKL on AMD), and results record the host.
 """
@@ -91,21 +92,28 @@ class RayExecutor:
         return {"name": self.name, "address": self.address or "local instance",
                 "nodes": sum(1 for n in self._ray.nodes() if n.get("Alive"))}
 
-    def run(self, args: list[str], log_path: Path, label: str, threads: int, backend: str, cpu_tuning: bool,
+    def gpus_for(self, device: str) -> int:
+        """A GPU for the task when the recipe asks for CUDA, or for `auto` where the cluster has GPUs."""
+        has_gpu = self._ray.cluster_resources().get("GPU", 0) >= 1
+        if device == "cuda" and not has_gpu:
+            raise UsageError("runtime.device is 'cuda' but the Ray cluster has no GPU; use 'auto' or 'cpu'")
+        return 1 if device == "cuda" or (device == "auto" and has_gpu) else 0
+
+    def run(self, args: list[str], log_path: Path, label: str, threads: int, backend: str, runtime: Any,
             run_dir: Path) -> int:
         """One worker as a task pinned to the run's node; its progress lines are shown from the shared log file."""
         if threads > self._max_cpus:
             raise UsageError(f"--threads {threads}: no Ray node has that many CPUs (largest: {self._max_cpus:g})")
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        options: dict[str, Any] = {"num_cpus": threads, "max_retries": 0}
+        options: dict[str, Any] = {"num_cpus": threads, "num_gpus": self.gpus_for(runtime.device), "max_retries": 0}
         if self._timing_slot:
             options["resources"] = {TIMING_RESOURCE: 1}
         with self._lock:
             pin = self._pins.get(run_dir)
         if pin:
             options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(pin, soft=False)
-        ref = self._task.options(**options).remote(args, str(log_path), threads, backend, cpu_tuning,
+        ref = self._task.options(**options).remote(args, str(log_path), threads, backend, runtime.cpu_tuning,
                                                    str(run_dir / "run.json"))
         try:
             out = self._follow(ref, log_path, label)

@@ -20,6 +20,7 @@ from typing import Protocol
 from common.errors import Terminated, raise_terminated
 from common.progress import MARK, fmt_duration
 from common import pretrain
+from common.config import RuntimeConfig
 from common.recipe import Recipe, validate
 from common.sysinfo import cpu_vendor
 from common.results import SCHEMA_VERSION, atomic_write_json, init_dir, new_run_dir, read_json, seed_dir
@@ -30,7 +31,7 @@ class Executor(Protocol):
 
     def describe(self) -> dict[str, object]: ...
 
-    def run(self, args: list[str], log_path: Path, label: str, threads: int, backend: str, cpu_tuning: bool,
+    def run(self, args: list[str], log_path: Path, label: str, threads: int, backend: str, runtime: RuntimeConfig,
             run_dir: Path) -> int:
         """Run one worker to its end; its exit code (negative: killed by that signal)."""
 
@@ -114,9 +115,9 @@ class LocalExecutor:
     def describe(self) -> dict[str, object]:
         return {"name": self.name}
 
-    def run(self, args: list[str], log_path: Path, label: str, threads: int, backend: str, cpu_tuning: bool,
+    def run(self, args: list[str], log_path: Path, label: str, threads: int, backend: str, runtime: RuntimeConfig,
             run_dir: Path) -> int:
-        return run_worker(args, log_path, label, threads, backend_env(backend, cpu_tuning))
+        return run_worker(args, log_path, label, threads, backend_env(backend, runtime.cpu_tuning))
 
     def close(self) -> None:
         pass
@@ -277,7 +278,7 @@ def _execute_all(run_dir: Path, recipe: Recipe, backends: list[str], threads: in
             code = 0
         else:
             code = executor.run(["init", str(run_dir), "--backend", ref, "--seed", str(seed)], log,
-                                f"init seed {seed}", threads, ref, recipe.runtime.cpu_tuning, run_dir)
+                                f"init seed {seed}", threads, ref, recipe.runtime, run_dir)
         if code != 0:
             msg = (f"seed {seed}: creating initial weights with the reference framework '{ref}' failed "
                    f"(exit {code}); see {log}")
@@ -294,7 +295,7 @@ def _execute_all(run_dir: Path, recipe: Recipe, backends: list[str], threads: in
             t_b = time.time()
             args = ["run", str(run_dir), "--backend", backend, "--seed", str(seed)] + (["--resume"] if resume else [])
             code = executor.run(args, sdir / "log.txt", f"{backend} seed {seed}", threads, backend,
-                                recipe.runtime.cpu_tuning, run_dir)
+                                recipe.runtime, run_dir)
             if code != 0:
                 _mark_crashed(sdir / "result.json", code, backend, seed, sdir / "log.txt")
                 err = read_json(sdir / "result.json").get("error") or {}

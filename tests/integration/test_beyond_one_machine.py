@@ -126,11 +126,17 @@ def test_mlflow_logging_of_a_resumed_run_replaces_its_earlier_runs(tmp_path: Pat
 
 def test_a_node_that_does_not_see_the_run_directory_fails_with_one_line(tmp_path: Path, capsys):
     """Files travel by shared storage: a task that cannot see the run's run.json stops before running anything."""
+    from common.config import RuntimeConfig
+    from common.errors import UsageError
     from common.ray_executor import RayExecutor
     executor = RayExecutor()
     try:
         code = executor.run(["init", str(tmp_path / "elsewhere"), "--backend", "torch", "--seed", "0"],
-                            tmp_path / "log.txt", "init seed 0", 1, "torch", True, tmp_path / "elsewhere")
+                            tmp_path / "log.txt", "init seed 0", 1, "torch", RuntimeConfig(), tmp_path / "elsewhere")
+        # a GPU is asked for only where the recipe wants one and the cluster has one (this one has none)
+        assert executor.gpus_for("auto") == 0 and executor.gpus_for("cpu") == 0
+        with pytest.raises(UsageError, match="the Ray cluster has no GPU"):
+            executor.gpus_for("cuda")
     finally:
         executor.close()
     assert code == 3
