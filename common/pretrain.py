@@ -13,8 +13,6 @@ workers read the slot's weights from there (common/worker.load_run_recipe).
 """
 from __future__ import annotations
 
-import subprocess
-import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -65,18 +63,11 @@ def sub_recipe_data(recipe: Any, slot: str, cfg: PretrainConfig) -> dict[str, An
             **{k: raw[k] for k in ("runtime", "parity") if k in raw}}
 
 
-def write_user_checkpoint(sub_dir: Path, slot: str, cfg: PretrainConfig, target: Path,
-                          env: dict[str, str]) -> None:
-    """The sub-run's trained weights (its canonical .npz) written as the framework's user-format file, by a worker
-    of that framework (frameworks never share a process), which reads the file back and checks it."""
+def write_weights_args(sub_dir: Path, slot: str, cfg: PretrainConfig, target: Path) -> list[str]:
+    """Arguments of the `write-weights` worker that saves the sub-run's trained weights (its canonical .npz) as
+    the framework's user-format file and reads it back to check it (common/worker.cmd_write_weights)."""
     trained = sub_dir / cfg.framework / f"seed-{cfg.seed}" / "checkpoints" / f"{slot}.npz"
-    cmd = [sys.executable, "-m", "common.worker", "write-weights", str(trained), "--backend", cfg.framework,
-           "--run", str(sub_dir), "--slot", slot, "--out", str(target)]
-    p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=Path(__file__).resolve().parent.parent)
-    if p.returncode != 0:
-        lines = [ln for ln in (p.stdout + p.stderr).splitlines() if ln.strip()]
-        raise PretrainFailed(f"pretrain.{slot}: writing {target.name} with {cfg.framework} failed: "
-                             f"{lines[-1] if lines else f'exit code {p.returncode}'}")
+    return [str(trained), "--backend", cfg.framework, "--run", str(sub_dir), "--slot", slot, "--out", str(target)]
 
 
 def pretrain_record(sub_dir: Path, slot: str, cfg: PretrainConfig, target: Path, result: dict) -> dict[str, Any]:

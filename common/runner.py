@@ -123,6 +123,18 @@ class LocalExecutor:
         pass
 
 
+def file_command(name: str, args: list[str], env: dict[str, str]) -> str | None:
+    """`python -m common.worker NAME ARGS` (read-weights, write-weights): one checkpoint file handled by a worker of
+    its own framework, since frameworks never share a process. None when it worked, else the line saying why not."""
+    p = subprocess.run([sys.executable, "-m", "common.worker", name, *args], capture_output=True, text=True, env=env,
+                       cwd=Path(__file__).resolve().parent.parent)
+    if p.returncode == 0:
+        return None
+    lines = [ln for ln in (p.stdout + p.stderr).splitlines() if ln.strip()]
+    said = next((ln for ln in reversed(lines) if ln.startswith("error: ")), lines[-1] if lines else "")
+    return said.removeprefix("error: ") or f"exit code {p.returncode}"
+
+
 def _last_error(log_path: Path) -> str:
     """The line of a worker's log that says why it stopped: its FAILED progress line, else the last line
     of a traceback (an error while the worker started, before it could write its result)."""
@@ -217,8 +229,10 @@ def _pretrain(run_dir: Path, recipe: Recipe, threads: int, resume: bool, executo
         outcome = _execute_all(sub_dir, sub, [cfg.framework], threads, again, executor)
         if outcome.failures:
             raise pretrain.PretrainFailed(f"pretrain.{slot}: {outcome.failures[0]}")
-        pretrain.write_user_checkpoint(sub_dir, slot, cfg, target, {
-            **worker_env(threads), **backend_env(cfg.framework, recipe.runtime.cpu_tuning)})
+        said = file_command("write-weights", pretrain.write_weights_args(sub_dir, slot, cfg, target),
+                            {**worker_env(threads), **backend_env(cfg.framework, recipe.runtime.cpu_tuning)})
+        if said:
+            raise pretrain.PretrainFailed(f"pretrain.{slot}: writing {target.name} with {cfg.framework} failed: {said}")
         result = read_json(seed_dir(sub_dir, cfg.framework, cfg.seed) / "result.json")
         meta.setdefault("pretrained", {})[slot] = pretrain.pretrain_record(sub_dir, slot, cfg, target, result)
         atomic_write_json(run_dir / "run.json", meta)

@@ -103,7 +103,7 @@ def _csv_metrics(run_dir: Path) -> dict[tuple[str, int], list[tuple[str, float, 
 
 def log_run(run_dir: Path, uri: str) -> dict[str, Any]:
     """Log a run directory (its report already written) to MLflow; return what was logged, for the console."""
-    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.entities import Metric, Param
     client = _client(uri)
     meta = read_json(run_dir / "run.json")
     recipe = meta["recipe_name"]

@@ -11,7 +11,6 @@ import argparse
 import copy
 import dataclasses
 import resource
-import subprocess
 import signal
 import sys
 import time
@@ -29,7 +28,7 @@ from common.metrics import logit_difference
 from common.progress import Progress
 from common.config import ModelConfig
 from common.recipe import Recipe, validate
-from common.runner import worker_env
+from common.runner import file_command, worker_env
 from common.results import SCHEMA_VERSION, atomic_write_json, init_dir, read_json, seed_dir
 from common.stages.loop import RunContext
 from common.stages.registry import stage_types
@@ -130,13 +129,10 @@ def _read_in_other_backend(path: Path, reader: str, cfg: Any, out: Path, threads
     """Frameworks never share a process (docs/ARCHITECTURE.md, section 6): a `read-weights` worker of the
     format's own backend converts the file to canonical numpy."""
     target = out / f".{path.stem}.{reader}.canonical.npz"
-    cmd = [sys.executable, "-m", "common.worker", "read-weights", str(path), "--backend", reader, "--arch", cfg.arch,
-           "--out", str(target), *(["--small-input"] if cfg.small_input else [])]
-    p = subprocess.run(cmd, capture_output=True, text=True, env=worker_env(threads))
-    if p.returncode != 0:
-        lines = [ln for ln in (p.stdout + p.stderr).splitlines() if ln.strip()]
-        said = next((ln for ln in reversed(lines) if ln.startswith("error: ")), lines[-1] if lines else "")
-        raise WeightsError(f"{said.removeprefix('error: ')} (read by the {reader} backend)")
+    said = file_command("read-weights", [str(path), "--backend", reader, "--arch", cfg.arch, "--out", str(target),
+                                         *(["--small-input"] if cfg.small_input else [])], worker_env(threads))
+    if said is not None:
+        raise WeightsError(f"{said} (read by the {reader} backend)")
     try:
         return read_canonical_npz(target)
     finally:
@@ -347,8 +343,8 @@ def cmd_write_weights(trained: Path, backend_name: str, run_dir: Path, slot: str
     recipe = load_run_recipe(run_dir)
     cfg = recipe.models[slot]
     state = read_canonical_npz(trained)
-    head = next(a for k, a in reversed(list(state.items())) if a.ndim == 2)  # torchvision Linear: (out, in)
-    model = backend.build_model(cfg, int(head.shape[0]))
+    classes = read_json(trained.parents[1] / "result.json")["data"]["num_classes"]  # the sub-run's dataset
+    model = backend.build_model(cfg, classes)
     backend.load_numpy_state(model, state)
     out.parent.mkdir(parents=True, exist_ok=True)
     backend.write_user_checkpoint(model, out)
