@@ -1,7 +1,9 @@
 """The Backend protocol every adapter implements, and the loader that imports one by name.
 
-The stage loops (epochs, steps, learning rates, data, metrics) live in common/stages.py; a backend
-supplies the framework-specific pieces: models, one optimizer step, inference, export and measurement.
+The stage loops (epochs, steps, learning rates, data, metrics) live in common/stages/; a backend supplies the
+framework-specific pieces, one small protocol per concern (setup, models, weights, training, distillation,
+pruning, quantization, export, runtimes). Each backend module implements its concern as a class named after the
+protocol, and the backend package composes them: no facade of one-line delegations.
 """
 from __future__ import annotations
 
@@ -18,8 +20,9 @@ from common.config import ModelConfig, OptimizerConfig, RuntimeConfig
 if TYPE_CHECKING:  # the stage module imports backends.base: a runtime import would be circular
     from common.stages.quantize import QuantizeStage
 
-__all__ = ["Backend", "StepRunner", "ExportedArtifact", "QuantizedModel", "DistillTerm", "DistillPlan", "load_backend",
-           "UnsupportedStage"]
+__all__ = ["Backend", "CONCERNS", "DeviceSetup", "Models", "Weights", "Training", "Distillation", "Pruning",
+           "Quantization", "Exporting", "Runtimes", "StepRunner", "ExportedArtifact", "QuantizedModel", "DistillTerm",
+           "DistillPlan", "load_backend", "UnsupportedStage"]
 
 
 class StepRunner(Protocol):
@@ -82,7 +85,8 @@ class QuantizedModel:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-class Backend(Protocol):
+class DeviceSetup(Protocol):
+    """Who the backend is and how it is set up for a run (`backends/<name>/device.py`)."""
     name: str
 
     def versions(self) -> dict[str, str]: ...
@@ -91,7 +95,23 @@ class Backend(Protocol):
         """Fix threads, pick the device, seed the framework RNG, take the training options (amp,
         channels_last, compile) it supports; return what was chosen and applied (recorded)."""
 
+
+class Models(Protocol):
+    """Building a model slot and running it in the framework (`backends/<name>/models.py`)."""
+
     def build_model(self, cfg: ModelConfig, num_classes: int) -> Any: ...
+
+    def predict(self, model: Any, x: np.ndarray) -> np.ndarray:
+        """Logits in eval mode, as float32 numpy (an int8 slot predicts on its runtime)."""
+
+    def predict_batch_statistics(self, model: Any, x: np.ndarray) -> np.ndarray:
+        """Logits with batch norm on the batch's own statistics and dropout off, leaving the model unchanged
+        (the parity check's second probe: eval-mode logits at initialisation can be ~1e-10)."""
+
+
+class Weights(Protocol):
+    """Weights in and out: canonical numpy states, a user's checkpoint, the run's own checkpoints
+    (`backends/<name>/weights.py`)."""
 
     def state_to_numpy(self, model: Any) -> dict[str, np.ndarray]:
         """The model's state under canonical names (torchvision naming and layouts)."""
@@ -107,14 +127,26 @@ class Backend(Protocol):
         """The model's plain state dict in this framework's own format and naming (torchvision `.pth`,
         paddle.vision `.pdparams`): the file a user's code loads, which read_checkpoint reads back."""
 
-    def predict(self, model: Any, x: np.ndarray) -> np.ndarray:
-        """Logits in eval mode, as float32 numpy."""
+    def save_checkpoint(self, model: Any, path: Path) -> None:
+        """State plus pruning masks, written atomically: loads into a freshly built model (resume)."""
 
-    def predict_batch_statistics(self, model: Any, x: np.ndarray) -> np.ndarray:
-        """Logits with batch norm on the batch's own statistics and dropout off, leaving the model unchanged
-        (the parity check's second probe: eval-mode logits at initialisation can be ~1e-10)."""
+    def load_checkpoint(self, model: Any, path: Path) -> None: ...
+
+    def checkpoint_suffix(self) -> str: ...
+
+
+class Training(Protocol):
+    """One optimizer step and batch-norm recalibration; the loop is common/stages (`backends/<name>/train.py`)."""
 
     def trainer(self, model: Any, opt: OptimizerConfig) -> StepRunner: ...
+
+    def recalibrate_bn(self, model: Any, batches: Iterable[np.ndarray]) -> None:
+        """Reset BN running stats and set them to the cumulative average over `batches` (train mode, no grad)."""
+
+
+class Distillation(Protocol):
+    """A student step against a frozen teacher, features through the framework's hooks
+    (`backends/<name>/distill.py`)."""
 
     def distiller(self, student: Any, teacher: Any, opt: OptimizerConfig, plan: DistillPlan) -> StepRunner:
         """A student step against the frozen teacher (eval mode) on the plan's loss; the runner also has
@@ -130,8 +162,9 @@ class Backend(Protocol):
         """The backend's distillation loss on given tensors (adapters in training mode, as in a step): the
         cross-framework loss parity tests compare it."""
 
-    def recalibrate_bn(self, model: Any, batches: Iterable[np.ndarray]) -> None:
-        """Reset BN running stats and set them to the cumulative average over `batches` (train mode, no grad)."""
+
+class Pruning(Protocol):
+    """Masks that follow the shared schedule, and filters removed physically (`backends/<name>/prune.py`)."""
 
     def prunable(self, model: Any) -> dict[str, np.ndarray]:
         """Conv/Linear weights (masks applied) under canonical names and layouts, in module order."""
@@ -150,6 +183,10 @@ class Backend(Protocol):
     def prune_filters(self, model: Any, criterion: str, ratio: float | None, layer_ratios: dict[str, float],
                       skip: list[str], example_shape: tuple[int, ...]) -> dict[str, list[int]]:
         """Physically remove output channels (coupled layers follow); return removed indices per conv module."""
+
+
+class Quantization(Protocol):
+    """int8 models that end in a file and run on the int8 runtime (`backends/<name>/quantize.py`)."""
 
     def quantization_lowering(self, cfg: QuantizeStage) -> dict[str, str]:
         """How this backend realises the quantize stage: tool, engine, weight/activation schemes, calibration."""
@@ -171,13 +208,15 @@ class Backend(Protocol):
     def load_quantized(self, artifact: ExportedArtifact, threads: int) -> QuantizedModel:
         """Reopen an int8 artifact written earlier (resume)."""
 
-    def save_checkpoint(self, model: Any, path: Path) -> None: ...
 
-    def load_checkpoint(self, model: Any, path: Path) -> None: ...
-
-    def checkpoint_suffix(self) -> str: ...
+class Exporting(Protocol):
+    """The deployable file of an fp32 model (`backends/<name>/export.py`)."""
 
     def export(self, model: Any, example: np.ndarray, out_dir: Path) -> ExportedArtifact: ...
+
+
+class Runtimes(Protocol):
+    """The deployment runtime an artifact is measured on (`backends/<name>/measure.py`)."""
 
     def load_artifact(self, artifact: ExportedArtifact, threads: int) -> Any:
         """A predictor for the artifact on the deployment runtime: callable numpy -> numpy logits."""
@@ -186,6 +225,18 @@ class Backend(Protocol):
         """Params and MACs/FLOPs counted from the exported artifact itself."""
 
     def runtime_name(self) -> str: ...
+
+
+# Backend module -> the concern it implements, as a class of the same name as the protocol. A backend package
+# composes these classes and defines nothing itself (tests/integration/test_backend_conformance.py checks both).
+CONCERNS: dict[str, type] = {"device": DeviceSetup, "models": Models, "weights": Weights, "train": Training,
+                             "distill": Distillation, "prune": Pruning, "quantize": Quantization,
+                             "export": Exporting, "measure": Runtimes}
+
+
+class Backend(DeviceSetup, Models, Weights, Training, Distillation, Pruning, Quantization, Exporting, Runtimes,
+              Protocol):
+    """Everything the stages ask of a framework: the union of the concerns above."""
 
 
 def load_backend(name: str) -> Backend:

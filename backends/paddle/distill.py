@@ -51,9 +51,9 @@ class FeatureTaps:
         self.handles, self.outputs = [], {}
 
 
-def feature_shapes(model: nn.Layer, names: list[str], x: np.ndarray) -> dict[str, tuple[tuple[int, ...], int]]:
+def feature_shapes(model: nn.Layer, layers: list[str], x: np.ndarray) -> dict[str, tuple[tuple[int, ...], int]]:
     """Output shape and calls per forward of each named sublayer, in eval mode (the model is left as it was)."""
-    taps = FeatureTaps(model, names)
+    taps = FeatureTaps(model, layers)
     was_training = model.training
     model.eval()
     try:
@@ -64,7 +64,7 @@ def feature_shapes(model: nn.Layer, names: list[str], x: np.ndarray) -> dict[str
         taps.close()
         model.train() if was_training else model.eval()
     return {n: (tuple(outputs[n].shape) if isinstance(outputs.get(n), paddle.Tensor) else (), taps.calls[n])
-            for n in names}
+            for n in layers}
 
 
 class TappedForward(nn.Layer):
@@ -161,12 +161,25 @@ class Distiller(Trainer):
         self.teacher_taps.close()
 
 
-def distill_loss_value(plan: DistillPlan, scales: list[float], s: np.ndarray, t: np.ndarray, y: np.ndarray,
-                       s_feats: dict[str, np.ndarray], t_feats: dict[str, np.ndarray]) -> float:
-    adapters = distill_losses.make_adapters(plan)
-    adapters.train()
-    as_p = lambda d: {k: paddle.to_tensor(v) for k, v in d.items()}  # noqa: E731
-    with paddle.no_grad():
-        return float(distill_losses.plan_loss(plan, paddle.to_tensor(np.asarray(scales, np.float32)),
-                                              paddle.to_tensor(s), paddle.to_tensor(t), paddle.to_tensor(y),
-                                              as_p(s_feats), as_p(t_feats), adapters))
+class Distillation:
+    """backends.base.Distillation on Paddle: the Distiller (in the oneDNN program where cpu_tuning is on) and
+    the hook probes."""
+    onednn_depthwise: bool
+
+    def distiller(self, student: nn.Layer, teacher: nn.Layer, opt: OptimizerConfig, plan: DistillPlan
+                  ) -> Distiller:
+        return Distiller(student, teacher, opt, plan, self.onednn_depthwise)
+
+    feature_shapes = staticmethod(feature_shapes)
+
+    def distill_loss(self, plan: DistillPlan, scales: list[float], student_logits: np.ndarray,
+                     teacher_logits: np.ndarray, labels: np.ndarray, student_features: dict[str, np.ndarray],
+                     teacher_features: dict[str, np.ndarray]) -> float:
+        adapters = distill_losses.make_adapters(plan)
+        adapters.train()
+        as_p = lambda d: {k: paddle.to_tensor(v) for k, v in d.items()}  # noqa: E731
+        with paddle.no_grad():
+            return float(distill_losses.plan_loss(plan, paddle.to_tensor(np.asarray(scales, np.float32)),
+                                                  paddle.to_tensor(student_logits), paddle.to_tensor(teacher_logits),
+                                                  paddle.to_tensor(labels), as_p(student_features),
+                                                  as_p(teacher_features), adapters))

@@ -39,3 +39,8 @@ def export_model(model: nn.Layer, example: np.ndarray, out_dir: Path) -> Exporte
             raise RuntimeError(f"paddle.jit.save did not write {f}")
     return ExportedArtifact(format="Paddle inference model (.pdmodel + .pdiparams)", files=files,
                             entry=prefix.with_suffix(".pdmodel"))
+
+
+class Exporting:
+    """backends.base.Exporting on Paddle: a Paddle inference model written by paddle.jit.save."""
+    export = staticmethod(export_model)

@@ -81,3 +81,15 @@ def artifact_stats(artifact: ExportedArtifact, input_shape: tuple[int, ...]) -> 
         paddle.disable_static()
     return {"params": int(params), "macs": int(macs), "flops": int(2 * macs), "sparsity": sparsity_of(weights),
             "counted_by": "conv2d/depthwise_conv2d/matmul ops of the saved inference program"}
+
+
+class Runtimes:
+    """backends.base.Runtimes on Paddle: Paddle Inference with oneDNN on the CPU."""
+
+    def load_artifact(self, artifact: ExportedArtifact, threads: int) -> Callable[[np.ndarray], np.ndarray]:
+        return load_predictor(artifact, threads)
+
+    artifact_stats = staticmethod(artifact_stats)
+
+    def runtime_name(self) -> str:
+        return RUNTIME + " on CPU"

@@ -1,9 +1,15 @@
-"""Model registry for the paddle backend: paddle.vision constructors plus the tiny test pair."""
+"""Model registry for the paddle backend: paddle.vision constructors plus the tiny test pair; the Models
+concern of backends/base.py (building a slot, dygraph or oneDNN-program inference)."""
 from __future__ import annotations
 
+import copy
+
+import numpy as np
 import paddle
 from paddle import nn
 
+from backends.base import QuantizedModel
+from backends.paddle.programs import forward_program
 from common.config import ModelConfig
 
 TINY_WIDTHS = {"tiny_cnn": (16, 32), "tiny_cnn_small": (8, 16)}
@@ -51,3 +57,30 @@ def _small_input_stem(model: nn.Layer, arch: str) -> None:
     elif arch.startswith("mobilenet_v3"):
         old = model.conv[0]
         model.conv[0] = nn.Conv2D(3, old.weight.shape[0], 3, stride=1, padding=1, bias_attr=False)
+
+
+class Models:
+    """backends.base.Models on Paddle: eval-mode inference through the oneDNN depthwise program where
+    cpu_tuning is on (an int8 slot predicts on its runtime), and batch-statistics inference on a copy."""
+    onednn_depthwise: bool
+
+    build_model = staticmethod(build_model)
+
+    def predict(self, model: nn.Layer | QuantizedModel, x: np.ndarray) -> np.ndarray:
+        if isinstance(model, QuantizedModel):
+            return model.predict(x)
+        model.eval()
+        forward = forward_program(model, "predict") if self.onednn_depthwise else None
+        with paddle.no_grad():
+            return (forward or model)(paddle.to_tensor(x)).numpy().astype(np.float32)
+
+    def predict_batch_statistics(self, model: nn.Layer, x: np.ndarray) -> np.ndarray:
+        """Logits with batch norm on the batch's own statistics (dropout off), on a copy of the model: at
+        initialisation eval-mode outputs can be ~1e-10 (running statistics 0/1), these are O(1)."""
+        probe = copy.deepcopy(model)
+        probe.train()
+        for m in probe.sublayers():
+            if isinstance(m, nn.Dropout):
+                m.eval()
+        with paddle.no_grad():
+            return probe(paddle.to_tensor(x)).numpy().astype(np.float32)

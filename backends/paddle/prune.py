@@ -68,7 +68,7 @@ def get_masks(model: nn.Layer) -> dict[str, np.ndarray]:
 _FILTER_PRUNERS = {"l1": "L1NormFilterPruner", "l2": "L2NormFilterPruner", "fpgm": "FPGMFilterPruner"}
 
 
-def lowering(method: str, criterion: str) -> str:
+def lowering(method: str = "magnitude", criterion: str = "l1") -> str:
     """How this backend realises a prune stage (recorded in results)."""
     if method == "filter":
         return f"PaddleSlim {_FILTER_PRUNERS[criterion]}.prune_vars (axis 0): coupled channels removed physically"
@@ -96,3 +96,13 @@ def prune_filters(model: nn.Layer, criterion: str, ratio: float | None, layer_ra
                 if mask.dims == 0:
                     removed[internal[var]] = [int(i) for i in np.flatnonzero(np.asarray(mask.mask) == 0)]
     return removed
+
+
+class Pruning:
+    """backends.base.Pruning on Paddle: slimbench's masks, filters removed by PaddleSlim's pruners (no backend state needed)."""
+    prunable = staticmethod(prunable)
+    head_name = staticmethod(head_name)
+    set_masks = staticmethod(set_masks)
+    get_masks = staticmethod(get_masks)
+    pruning_lowering = staticmethod(lowering)
+    prune_filters = staticmethod(prune_filters)

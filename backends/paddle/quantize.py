@@ -149,3 +149,12 @@ def _finish(staging: Path, out_dir: Path, threads: int, caught: list[str]) -> Qu
 def load_quantized(artifact: ExportedArtifact, threads: int) -> QuantizedModel:
     return QuantizedModel(artifact=artifact, predict=load_predictor(artifact, threads, int8=True),
                           info={"runtime": RUNTIME, "engine": "paddleslim"})
+
+class Quantization:
+    """backends.base.Quantization on Paddle: PaddleSlim's PTQ and QAT, Paddle Inference int8 models (no backend state needed)."""
+    quantization_lowering = staticmethod(lowering)
+    quantize_static = staticmethod(quantize_static)
+    quantize_dynamic = staticmethod(quantize_dynamic)
+    prepare_qat = staticmethod(prepare_qat)
+    convert_qat = staticmethod(convert_qat)
+    load_quantized = staticmethod(load_quantized)

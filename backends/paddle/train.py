@@ -143,3 +143,14 @@ def recalibrate_bn(model: nn.Layer, batches, onednn_depthwise: bool = False) -> 
             m._momentum = momentum
         for m, training in modes:
             m.training = training
+
+
+class Training:
+    """backends.base.Training on Paddle: steps in the oneDNN depthwise program where cpu_tuning is on."""
+    onednn_depthwise: bool
+
+    def trainer(self, model: nn.Layer, opt: OptimizerConfig) -> Trainer:
+        return Trainer(model, opt, self.onednn_depthwise)
+
+    def recalibrate_bn(self, model: nn.Layer, batches) -> None:
+        recalibrate_bn(model, batches, self.onednn_depthwise)

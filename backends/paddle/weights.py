@@ -4,6 +4,8 @@ Canonical names and layouts are torchvision's. Where paddle.vision uses the same
 (ResNet, MobileNetV2, the tiny pair) the mapping is by name: running_mean -> _mean,
 running_var -> _variance, Linear weights transposed. Otherwise (MobileNetV3) tensors are matched in
 registration order with every shape checked; the logit parity check after loading is the final proof.
+This module is the Weights concern of backends/base.py (canonical states, a user's checkpoint, the run's own
+checkpoints).
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import numpy as np
 import paddle
 from paddle import nn
 
+from backends.paddle.prune import get_masks, set_masks
 from common.config import ModelConfig
 from common.weights import WeightsError
 
@@ -128,3 +131,35 @@ def write_user_checkpoint(model: paddle.nn.Layer, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     paddle.save(model.state_dict(), str(tmp))
     tmp.replace(path)
+
+
+def save_checkpoint(model: nn.Layer, path: Path) -> None:
+    """State plus pruning masks: loads into a freshly built model."""
+    tmp = path.with_name(path.name + ".tmp")
+    paddle.save({"state": model.state_dict(), "masks": get_masks(model)}, str(tmp))
+    tmp.replace(path)
+
+
+def load_checkpoint(model: nn.Layer, path: Path) -> None:
+    data = paddle.load(str(path))
+    state = data["state"]
+    model.set_state_dict(state)
+    if data["masks"]:
+        set_masks(model, {k: np.asarray(v) for k, v in data["masks"].items()})
+    own = model.state_dict()
+    for k, v in state.items():  # set_state_dict only warns on a mismatch: check it loaded
+        if k not in own or not np.array_equal(own[k].numpy(), np.asarray(v)):
+            raise ValueError(f"checkpoint {path}: tensor {k} did not load into the model")
+
+
+class Weights:
+    """backends.base.Weights on Paddle: the functions above, which need no backend state."""
+    state_to_numpy = staticmethod(state_to_numpy)
+    load_numpy_state = staticmethod(load_numpy_state)
+    read_checkpoint = staticmethod(read_checkpoint)
+    write_user_checkpoint = staticmethod(write_user_checkpoint)
+    save_checkpoint = staticmethod(save_checkpoint)
+    load_checkpoint = staticmethod(load_checkpoint)
+
+    def checkpoint_suffix(self) -> str:
+        return ".pdparams"

@@ -100,10 +100,25 @@ class Distiller(Trainer):
         self.teacher_taps.close()
 
 
-def distill_loss_value(plan: DistillPlan, scales: list[float], s: np.ndarray, t: np.ndarray, y: np.ndarray,
-                       s_feats: dict[str, np.ndarray], t_feats: dict[str, np.ndarray]) -> float:
-    adapters = distill_losses.make_adapters(plan).train()
-    as_t = lambda d: {k: torch.from_numpy(v) for k, v in d.items()}  # noqa: E731
-    with torch.no_grad():
-        return float(distill_losses.plan_loss(plan, scales, torch.from_numpy(s), torch.from_numpy(t),
-                                              torch.from_numpy(y), as_t(s_feats), as_t(t_feats), adapters))
+class Distillation:
+    """backends.base.Distillation on torch: the Distiller and the hook probes on the configured device."""
+    device: torch.device
+    runtime: RuntimeConfig
+
+    def distiller(self, student: nn.Module, teacher: nn.Module, opt: OptimizerConfig, plan: DistillPlan
+                  ) -> Distiller:
+        return Distiller(student, teacher, opt, self.device, plan, self.runtime)
+
+    def feature_shapes(self, model: nn.Module, layers: list[str], x: np.ndarray
+                       ) -> dict[str, tuple[tuple[int, ...], int]]:
+        return feature_shapes(model, layers, x, self.device)
+
+    def distill_loss(self, plan: DistillPlan, scales: list[float], student_logits: np.ndarray,
+                     teacher_logits: np.ndarray, labels: np.ndarray, student_features: dict[str, np.ndarray],
+                     teacher_features: dict[str, np.ndarray]) -> float:
+        adapters = distill_losses.make_adapters(plan).train()
+        as_t = lambda d: {k: torch.from_numpy(v) for k, v in d.items()}  # noqa: E731
+        with torch.no_grad():
+            return float(distill_losses.plan_loss(plan, scales, torch.from_numpy(student_logits),
+                                                  torch.from_numpy(teacher_logits), torch.from_numpy(labels),
+                                                  as_t(student_features), as_t(teacher_features), adapters))

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from backends.base import ExportedArtifact
+from backends.torch.prune import without_reparametrization
 
 
 @contextmanager
@@ -52,3 +53,11 @@ def _export(model: nn.Module, example: np.ndarray, out_dir: Path) -> ExportedArt
     torch.export.save(program, str(tmp))
     tmp.replace(path)
     return ExportedArtifact(format="torch.export (.pt2)", files=[path], entry=path)
+
+
+class Exporting:
+    """backends.base.Exporting on torch: a torch.export program of the model without pruning
+    reparametrizations (masked weights folded in, so the file holds plain tensors)."""
+
+    def export(self, model: nn.Module, example: np.ndarray, out_dir: Path) -> ExportedArtifact:
+        return export_model(without_reparametrization(model), example, out_dir)

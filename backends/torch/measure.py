@@ -39,3 +39,18 @@ def artifact_stats(artifact: ExportedArtifact, input_shape: tuple[int, ...], dev
                if program.state_dict[name].dim() >= 2}  # conv and linear weights
     return {"params": int(params), "macs": flops // 2, "flops": flops, "sparsity": sparsity_of(weights),
             "counted_by": "torch.utils.flop_counter on the exported program (conv + matmul)"}
+
+
+class Runtimes:
+    """backends.base.Runtimes on torch: eager inference of the exported program on the configured device."""
+    device: torch.device
+
+    def load_artifact(self, artifact: ExportedArtifact, threads: int) -> Callable[[np.ndarray], np.ndarray]:
+        torch.set_num_threads(threads)
+        return load_predictor(artifact, self.device)
+
+    def artifact_stats(self, artifact: ExportedArtifact, input_shape: tuple[int, ...]) -> dict[str, Any]:
+        return artifact_stats(artifact, input_shape, self.device)
+
+    def runtime_name(self) -> str:
+        return RUNTIME + (" on CUDA" if self.device.type == "cuda" else " on CPU")

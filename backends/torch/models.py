@@ -1,10 +1,16 @@
-"""Model registry for the torch backend: torchvision constructors plus the tiny test pair."""
+"""Model registry for the torch backend: torchvision constructors plus the tiny test pair; the Models concern
+of backends/base.py (building a slot on the device, eager inference)."""
 from __future__ import annotations
 
+import copy
+
+import numpy as np
 import torch
 import torchvision
 from torch import nn
 
+from backends.base import QuantizedModel
+from backends.torch.quantize import predict_fake_quant
 from common.config import ModelConfig
 
 TORCHVISION_ARCHS = ("resnet18", "resnet34", "resnet50", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large")
@@ -51,3 +57,34 @@ def _small_input_stem(model: nn.Module, arch: str) -> None:
         old = model.features[0][0]
         model.features[0][0] = nn.Conv2d(3, old.out_channels, 3, stride=1, padding=1, bias=False)
     # tiny_cnn already has a stride-1 stem
+
+
+class Models:
+    """backends.base.Models on torch: models built on the configured device; eval-mode and batch-statistics
+    inference (a QAT model predicts through its fake-quant observers, an int8 slot on its runtime)."""
+    device: torch.device
+
+    def build_model(self, cfg: ModelConfig, num_classes: int) -> nn.Module:
+        return build_model(cfg, num_classes).to(self.device)
+
+    def predict(self, model: nn.Module | QuantizedModel, x: np.ndarray) -> np.ndarray:
+        if isinstance(model, QuantizedModel):
+            return model.predict(x)
+        model.eval()
+
+        def run() -> np.ndarray:
+            with torch.inference_mode():
+                return model(torch.from_numpy(x).to(self.device)).float().cpu().numpy()
+
+        return predict_fake_quant(model, run) if getattr(model, "_slimbench_qat", False) else run()
+
+    def predict_batch_statistics(self, model: nn.Module, x: np.ndarray) -> np.ndarray:
+        """Logits with batch norm on the batch's own statistics (dropout off), on a copy of the model: at
+        initialisation eval-mode outputs can be ~1e-10 (running statistics 0/1), these are O(1)."""
+        probe = copy.deepcopy(model).to(self.device)
+        probe.train()
+        for m in probe.modules():
+            if isinstance(m, nn.Dropout):
+                m.eval()
+        with torch.no_grad():
+            return probe(torch.from_numpy(x).to(self.device)).float().cpu().numpy()

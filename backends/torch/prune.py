@@ -68,7 +68,7 @@ def without_reparametrization(model: nn.Module) -> nn.Module:
 FILTER_LOWERING = "torch-pruning (DepGraph) MagnitudePruner: coupled channels removed physically"
 
 
-def lowering(method: str, criterion: str) -> str:
+def lowering(method: str = "magnitude", criterion: str = "l1") -> str:
     """How this backend realises a prune stage (recorded in results)."""
     return FILTER_LOWERING if method == "filter" else LOWERING
 
@@ -97,3 +97,13 @@ def prune_filters(model: nn.Module, criterion: str, ratio: float | None, layer_r
                 removed[name] = sorted(int(i) for i in idxs)
         group.prune()
     return removed
+
+
+class Pruning:
+    """backends.base.Pruning on torch: masks through torch.nn.utils.prune, filters removed by torch-pruning (no backend state needed)."""
+    prunable = staticmethod(prunable)
+    head_name = staticmethod(head_name)
+    set_masks = staticmethod(set_masks)
+    get_masks = staticmethod(get_masks)
+    pruning_lowering = staticmethod(lowering)
+    prune_filters = staticmethod(prune_filters)

@@ -174,3 +174,12 @@ def load_quantized(artifact: ExportedArtifact, threads: int) -> QuantizedModel:
             return module(torch.from_numpy(np.ascontiguousarray(x, np.float32))).float().numpy()
 
     return QuantizedModel(artifact=artifact, predict=predict, info={"runtime": RUNTIME, "engine": ENGINE.name})
+
+class Quantization:
+    """backends.base.Quantization on torch: FX graph mode with the fbgemm engine, TorchScript int8 files (no backend state needed)."""
+    quantization_lowering = staticmethod(ENGINE.lowering)
+    quantize_static = staticmethod(quantize_static)
+    quantize_dynamic = staticmethod(quantize_dynamic)
+    prepare_qat = staticmethod(prepare_qat)
+    convert_qat = staticmethod(convert_qat)
+    load_quantized = staticmethod(load_quantized)

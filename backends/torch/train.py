@@ -127,3 +127,15 @@ def recalibrate_bn(model: nn.Module, batches, device: torch.device) -> None:
             m.momentum = momentum
         for m, training in modes:
             m.training = training
+
+
+class Training:
+    """backends.base.Training on torch: steps on the configured device with the run's training options."""
+    device: torch.device
+    runtime: RuntimeConfig
+
+    def trainer(self, model: nn.Module, opt: OptimizerConfig) -> Trainer:
+        return Trainer(model, opt, self.device, self.runtime)
+
+    def recalibrate_bn(self, model: nn.Module, batches) -> None:
+        recalibrate_bn(model, batches, self.device)

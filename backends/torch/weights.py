@@ -1,4 +1,5 @@
-"""Canonical (framework-neutral) state: torchvision names and layouts, numpy arrays, no counters."""
+"""Canonical (framework-neutral) state: torchvision names and layouts, numpy arrays, no counters; the
+Weights concern of backends/base.py (canonical states, a user's checkpoint, the run's own checkpoints)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,6 +8,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from backends.torch.prune import get_masks, set_masks
+from common.config import ModelConfig
 from common.weights import WeightsError
 
 
@@ -37,8 +40,9 @@ def load_numpy_state(model: nn.Module, state: dict[str, np.ndarray]) -> None:
     model.load_state_dict(tensors, strict=False)
 
 
-def read_checkpoint(path: Path) -> dict[str, np.ndarray]:
-    """A PyTorch state_dict file (torchvision naming: already canonical) as numpy arrays. torch.load runs with
+def read_checkpoint(path: Path, cfg: ModelConfig | None = None) -> dict[str, np.ndarray]:
+    """A PyTorch state_dict file (torchvision naming: already canonical, so the slot's `cfg` is not needed) as
+    numpy arrays. torch.load runs with
     weights_only=True: a checkpoint is data, never code. Accepted: the state_dict itself, or a dict holding it
     under `state_dict` / `model` / `model_state_dict`; a DataParallel `module.` prefix is dropped."""
     try:
@@ -68,3 +72,32 @@ def write_user_checkpoint(model: nn.Module, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     torch.save(model.state_dict(), tmp)
     tmp.replace(path)
+
+
+def save_checkpoint(model: nn.Module, path: Path) -> None:
+    """Canonical (effective) state plus pruning masks: loads into a freshly built model."""
+    data = {"state": {k: torch.from_numpy(v) for k, v in state_to_numpy(model).items()},
+            "masks": {k: torch.from_numpy(v) for k, v in get_masks(model).items()}}
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(data, tmp)
+    tmp.replace(path)
+
+
+def load_checkpoint(model: nn.Module, path: Path) -> None:
+    data = torch.load(path, map_location="cpu", weights_only=True)
+    load_numpy_state(model, {k: v.numpy() for k, v in data["state"].items()})
+    if data["masks"]:
+        set_masks(model, {k: v.numpy() for k, v in data["masks"].items()})
+
+
+class Weights:
+    """backends.base.Weights on torch: the functions above, which need no backend state."""
+    state_to_numpy = staticmethod(state_to_numpy)
+    load_numpy_state = staticmethod(load_numpy_state)
+    read_checkpoint = staticmethod(read_checkpoint)
+    write_user_checkpoint = staticmethod(write_user_checkpoint)
+    save_checkpoint = staticmethod(save_checkpoint)
+    load_checkpoint = staticmethod(load_checkpoint)
+
+    def checkpoint_suffix(self) -> str:
+        return ".pt"
