@@ -68,7 +68,7 @@ def worker(args: argparse.Namespace) -> dict:
     from common.data import BatchStream, load_dataset
     from common.metrics import time_calls
     from common.progress import Progress
-    from common.recipe import resolve
+    from common.recipe.loader import resolve
     from common.schedule import lr_at
     from common.stages import stage_types
     from common.stages.loop import RunContext
@@ -243,7 +243,7 @@ def main() -> int:
     if args.worker:
         print(json.dumps(worker(args)))
         return 0
-    from common.runner import worker_env
+    from common.run.runner import worker_env
     for v in args.variants.split(","):
         runtime_options(v)  # reject a misspelt option before any process starts
     results = []

@@ -149,7 +149,7 @@ def main() -> int:
     if a.worker:
         print(json.dumps(worker(a.worker, a.archs, a.batch, a.image_size, a.warmup, a.steps, a.threads, a.weights)))
         return 0
-    from common.runner import worker_env
+    from common.run.runner import worker_env
     configs = a.configs.split(",")
     unknown = [c for c in configs if c not in CONFIGS]
     if unknown:

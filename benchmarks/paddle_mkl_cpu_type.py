@@ -61,7 +61,7 @@ def infer_worker(arch: str, weights: Path, threads: int, warmup: int, repeats: i
 
 
 def _env(threads: int, with_variable: bool) -> dict[str, str]:
-    from common.runner import worker_env
+    from common.run.runner import worker_env
     env = worker_env(threads)
     env.pop(VARIABLE[0], None)
     if with_variable:

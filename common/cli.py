@@ -11,9 +11,9 @@ import yaml
 
 from backends.capabilities import check_capabilities
 from common.errors import SlimbenchError, Terminated, UsageError
-from common.fetch_weights import DEFAULT_DIR, FETCHABLE
-from common.fetch_weights import fetch as fetch_weights
-from common.recipe import BACKENDS, builtin_recipes, load_recipe, recipe_to_dict
+from common.run.fetch_weights import DEFAULT_DIR, FETCHABLE
+from common.run.fetch_weights import fetch as fetch_weights
+from common.recipe.loader import BACKENDS, builtin_recipes, load_recipe, recipe_to_dict
 from common.results import atomic_write_text, check_publish_target, read_json, read_run_meta
 
 
@@ -115,20 +115,20 @@ def _check_executor_flags(a: argparse.Namespace) -> None:
 
 def _executor(a: argparse.Namespace):
     if a.executor == "ray":
-        from common.ray_executor import RayExecutor
+        from common.run.ray_executor import RayExecutor
         return RayExecutor(a.ray_address)
-    from common.runner import LocalExecutor
+    from common.run.runner import LocalExecutor
     return LocalExecutor()
 
 
 def _finish(outcome, mlflow_uri: str | None) -> list[str]:
     """After a run: its report, one warning line per validity finding, MLflow; the run's failures."""
-    from common.report import write_report
+    from common.report.build import write_report
     report = write_report(outcome.run_dir)
     print(f"\nresults: {outcome.run_dir}/<backend>/seed-<n>/result.json\nreport:  {report}")
     _warn_validity(report.parent / "results.json")
     if mlflow_uri is not None:
-        from common.tracking import log_run
+        from common.run.tracking import log_run
         logged = log_run(outcome.run_dir, mlflow_uri)
         print(f"mlflow:  experiment '{logged['experiment']}' ({logged['experiment_id']}), {len(logged['runs'])} "
               f"run(s) under {logged['parent']} at {logged['uri']}")
@@ -138,7 +138,7 @@ def _finish(outcome, mlflow_uri: str | None) -> list[str]:
 def _mlflow_uri(a: argparse.Namespace, out: Path) -> str | None:
     if a.mlflow is None:
         return None
-    from common.tracking import default_uri
+    from common.run.tracking import default_uri
     return a.mlflow or default_uri(out)
 
 
@@ -163,12 +163,12 @@ def run_recipe(argv: list[str] | None = None) -> int:
     _executor_args(p)
     a = p.parse_args(argv)
     _check_executor_flags(a)
-    from common.runner import resume_run
+    from common.run.runner import resume_run
     if a.resume:
         if a.recipe or a.overrides or a.profile != "default":
             raise UsageError("--resume RUN_DIR takes the recipe and profile from the run itself: pass no recipe, "
                              "--profile or --set (--seeds adds seeds to the run)")
-        from common.worker import load_run_recipe
+        from common.run.worker import load_run_recipe
         meta = read_run_meta(a.resume)
         check_capabilities(load_run_recipe(a.resume), meta["backends"])
         executor = _executor(a)
@@ -179,7 +179,7 @@ def run_recipe(argv: list[str] | None = None) -> int:
         return _exit(_finish(outcome, _mlflow_uri(a, a.resume.parent.parent)))
     if not a.recipe:
         raise UsageError("give a recipe (see `slimbench list`) or --resume RUN_DIR")
-    from common.sweep import plan
+    from common.run.sweep import plan
     runs = plan(a.recipe, (a.profile,), (tuple(a.overrides),), _seeds(a.seeds) if a.seeds is not None else None)
     command = shlex.join(["run-recipe", *(argv if argv is not None else sys.argv[1:])])
     return _run_all(runs, _backends(a.backend), a, command)
@@ -187,8 +187,8 @@ def run_recipe(argv: list[str] | None = None) -> int:
 
 def _run_all(runs: list, backends: list[str], a: argparse.Namespace, command: str) -> int:
     """Run one recipe, or a sweep of them, on the chosen executor; a report (and MLflow) per run."""
-    from common.runner import run_recipe as run
-    from common.sweep import run_sweep
+    from common.run.runner import run_recipe as run
+    from common.run.sweep import run_sweep
     for item in runs:  # before anything trains: a stage a backend cannot run fails now
         check_capabilities(item.recipe, backends)
     out = _writable_dir(a.out, "--out")
@@ -214,7 +214,7 @@ def _refuse_contended(run_dir: Path, allowed: bool) -> None:
     """A published report is read as decision-grade: timings taken on a busy machine are not published unless
     the user says so."""
     from common.results import load_results
-    from common.validity import check_run
+    from common.report.validity import check_run
     busy = [f for f in check_run(run_dir, load_results(run_dir)) if f.check == "contended"]
     if busy and not allowed:
         raise UsageError(f"{run_dir}: {len(busy)} timing(s) were taken under background load (e.g. "
@@ -258,7 +258,7 @@ def slimbench(argv: list[str] | None = None) -> int:
     cmp.add_argument("--out", type=Path, default=None, help="also write the comparison (Markdown) to this file")
     swp = sub.add_parser("sweep", help="run a grid of recipes x profiles x --set variants, one run directory each")
     swp.add_argument("grid", type=Path, help="the grid's YAML file (keys: recipes, profiles, variants, seeds, "
-                     "backends; see common/sweep.py)")
+                     "backends; see common/run/sweep.py)")
     _executor_args(swp)
     wts = sub.add_parser("weights", help="published weights: `weights fetch ARCH` downloads torchvision's ImageNet "
                          "weights into a cache directory for models.<slot>.weights")
@@ -270,7 +270,7 @@ def slimbench(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if a.command == "sweep":
         _check_executor_flags(a)
-        from common.sweep import plan, read_grid
+        from common.run.sweep import plan, read_grid
         grid = read_grid(a.grid)
         runs = plan(list(grid.recipes), grid.profiles, grid.variants, grid.seeds)
         command = shlex.join(["slimbench", *(argv if argv is not None else sys.argv[1:])])
@@ -291,7 +291,7 @@ def slimbench(argv: list[str] | None = None) -> int:
         print(yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False), end="")
         return 0
     if a.command == "compare":
-        from common.compare import compare_runs
+        from common.report.compare import compare_runs
         for run in (a.run_a, a.run_b):
             read_run_meta(run)
         if a.out is not None and (a.out.exists() or a.out.is_symlink()):
@@ -303,7 +303,7 @@ def slimbench(argv: list[str] | None = None) -> int:
         if a.out:
             atomic_write_text(a.out, text)
         return 0
-    from common.report import write_report
+    from common.report.build import write_report
     read_run_meta(a.run_dir)
     if a.out:
         check_publish_target(a.run_dir, a.out)

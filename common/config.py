@@ -1,7 +1,7 @@
 """The recipe's shared settings as frozen dataclasses: data, models, optimizers, schedules, measurement, runtime.
 
 Stage types keep their own config in their module (common/stages/<type>.py) and build on these; the recipe
-(common/recipe.py) assembles everything and validates it with common/schema.py.
+(common/recipe/loader.py) assembles everything and validates it with common/schema.py.
 """
 from __future__ import annotations
 

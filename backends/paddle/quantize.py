@@ -19,7 +19,7 @@ from paddle import nn
 from backends.base import ExportedArtifact, QuantizedModel
 from backends.paddle.measure import load_predictor
 from backends.paddle.prune import get_masks
-from common.capture import merge_distinct, recorded_warnings
+from backends.capture import merge_distinct, recorded_warnings
 from backends.capabilities import require_supported
 from common.errors import UnsupportedStage
 

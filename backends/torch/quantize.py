@@ -20,7 +20,7 @@ from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx, prepare_qa
 
 from backends.base import ExportedArtifact, QuantizedModel
 from backends.torch.prune import get_masks, without_reparametrization
-from common.capture import merge_distinct, recorded_warnings
+from backends.capture import merge_distinct, recorded_warnings
 from common.errors import UnsupportedStage
 
 if TYPE_CHECKING:  # the stage module imports backends.base: a runtime import would be circular

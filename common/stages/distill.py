@@ -20,15 +20,15 @@ from backends.base import DistillPlan, DistillTerm
 from common.backend_names import title
 from common.config import OptimizerConfig, ScheduleConfig
 from common.errors import RecipeError, SlimbenchError
-from common.markdown_table import table
-from common.report_index import ReportIndex, fmt_values
+from common.report.markdown_table import table
+from common.report.index import ReportIndex, fmt_values
 from common.schema import bounds, parse, tagged
 from common.stages.distill_layers import backend_layer_name, layer_problem
 from common.stages.loop import RunContext, fit
 from common.stages.registry import SlotState, Stage, register
 from common.stages.train import TrainingStageType
 from common.stats import paired_difference
-from common.validity import blocking_reason
+from common.report.validity import blocking_reason
 
 
 @dataclass(frozen=True)

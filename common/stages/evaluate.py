@@ -11,9 +11,9 @@ from typing import Any
 import numpy as np
 
 from common.backend_names import title
-from common.markdown_table import table
+from common.report.markdown_table import table
 from common.metrics import classification_metrics
-from common.report_index import ReportIndex, fmt_values, paired_prediction_files
+from common.report.index import ReportIndex, fmt_values, paired_prediction_files
 from common.stages.loop import RunContext, evaluate_logits
 from common.stages.registry import MetricFactory, ModelsSlots, RowSink, Stage, StageType, register
 

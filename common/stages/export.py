@@ -10,10 +10,10 @@ from typing import Any
 from common.backend_names import title
 from common.config import MeasureConfig
 from common.load import LoadMeter
-from common.markdown_table import table
+from common.report.markdown_table import table
 from common.metrics import classification_metrics, latency_summary, logit_difference, time_calls
 from common.pruning import name_artifact_layers, pruned_layer_sparsity
-from common.report_index import ReportIndex, batch_order, fmt_count, fmt_values
+from common.report.index import ReportIndex, batch_order, fmt_count, fmt_values
 from common.stages.loop import RunContext, compressed_size, predict_validation
 from common.stages.registry import MetricFactory, ModelsSlots, RowSink, Stage, StageType, register
 

@@ -28,7 +28,7 @@ from common.schedule import lr_at
 from common.stages.registry import Stage
 
 if TYPE_CHECKING:
-    from common.recipe import Recipe
+    from common.recipe.loader import Recipe
 
 
 @dataclass
@@ -149,7 +149,7 @@ def fit(ctx: RunContext, stage: Stage, runner: StepRunner, model: Any, epochs: i
         recal_time = 0.0
         if bn_batches:
             # Before every validation, not only the last: each epoch's top-1 is then measured the same way, and
-            # the plateau check (common/validity.py) compares like with like. Recalibration draws no random
+            # the plateau check (common/report/validity.py) compares like with like. Recalibration draws no random
             # numbers and the train-mode forward never reads running statistics, so the weights are unchanged.
             # Timed apart from training, like the validation pass.
             t1 = time.perf_counter()

@@ -11,10 +11,10 @@ from typing import Any, Literal
 from common.backend_names import color, marker, title
 from common.config import OptimizerConfig, ScheduleConfig
 from common.errors import RecipeError
-from common.markdown_table import table
+from common.report.markdown_table import table
 from common.metrics import classification_metrics
 from common.pruning import agp_sparsity, is_depthwise, magnitude_masks, prune_steps, select_layers, sparsity_of
-from common.report_index import ReportIndex, delta_table, paired_prediction_files
+from common.report.index import ReportIndex, delta_table, paired_prediction_files
 from common.schema import bounds
 from common.stages.loop import RunContext, evaluate_logits, fit, start_from_reference
 from common.stages.registry import MetricFactory, OneModelSlots, SlotState, Stage, StageType, register
@@ -266,7 +266,7 @@ def filter_overlap(ix: ReportIndex) -> str:
 
 def sparsity_figure(results: list[dict], backends: list[str]) -> Any:
     """Target and reached sparsity at each mask update of gradual pruning, per framework."""
-    from common.report_plots import Figure, png, plt
+    from common.report.plots import Figure, png, plt
     series: dict[str, dict[str, list[dict]]] = defaultdict(dict)
     for r in results:
         for st in r.get("stages", []):

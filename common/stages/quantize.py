@@ -20,9 +20,9 @@ from common.backend_names import color, title
 from common.config import MeasureConfig, OptimizerConfig, ScheduleConfig
 from common.errors import RecipeError
 from common.load import LoadMeter
-from common.markdown_table import table
+from common.report.markdown_table import table
 from common.metrics import classification_metrics, latency_summary, paired_predictions, time_alternating
-from common.report_index import ReportIndex, batch_order, delta_table
+from common.report.index import ReportIndex, batch_order, delta_table
 from common.schema import bounds
 from common.stages.loop import RunContext, fit, predict_validation, start_from_reference
 from common.stages.registry import MetricFactory, RowSink, SlotState, Stage, StageType, register
@@ -218,7 +218,7 @@ def quantization_section(ix: ReportIndex) -> str:
 
 def quantization_figure(results: list[dict], backends: list[str]) -> Any:
     """int8 against fp32 per framework: file size, top-1, batch-1 latency (mean over seeds, error bar = std)."""
-    from common.report_plots import Figure, plt, png
+    from common.report.plots import Figure, plt, png
     vals: dict[tuple[str, str, str], list[float]] = defaultdict(list)
     for r in results:
         for st in r.get("stages", []):

@@ -83,7 +83,7 @@ def test_a_sweep_on_local_ray_matches_the_local_executor_and_is_tracked_in_mlflo
 def _worker_of(backend: str, run_root: Path) -> psutil.Process | None:
     for proc in psutil.process_iter(["cmdline"]):
         cmd = proc.info["cmdline"] or []
-        if "common.worker" in cmd and "run" in cmd and backend in cmd and any(str(run_root) in c for c in cmd):
+        if "common.run.worker" in cmd and "run" in cmd and backend in cmd and any(str(run_root) in c for c in cmd):
             return proc
     return None
 
@@ -128,7 +128,7 @@ def test_a_node_that_does_not_see_the_run_directory_fails_with_one_line(tmp_path
     """Files travel by shared storage: a task that cannot see the run's run.json stops before running anything."""
     from common.config import RuntimeConfig
     from common.errors import UsageError
-    from common.ray_executor import RayExecutor
+    from common.run.ray_executor import RayExecutor
     executor = RayExecutor()
     try:
         code = executor.run(["init", str(tmp_path / "elsewhere"), "--backend", "torch", "--seed", "0"],
@@ -142,4 +142,4 @@ def test_a_node_that_does_not_see_the_run_directory_fails_with_one_line(tmp_path
     assert code == 3
     said = (tmp_path / "log.txt").read_text()
     assert "does not see" in said and "storage every Ray node mounts at the same path" in said
-    assert "common.worker" not in said  # no worker was started
+    assert "common.run.worker" not in said  # no worker was started

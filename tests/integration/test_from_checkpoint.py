@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common.recipe import load_recipe
+from common.recipe.loader import load_recipe
 from tests.integration.test_run_recipe import cli
 from tests.integration.test_start_from_weights import _make
 

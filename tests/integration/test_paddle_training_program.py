@@ -163,7 +163,7 @@ def test_predict_and_batch_norm_recalibration_programs_match_dygraph(backend):
     x, _ = _batch(24)
     state = backend.state_to_numpy(_mobilenet(backend))
     untuned = create()
-    untuned.configure(2, "cpu", 0, __import__("common.recipe", fromlist=["RuntimeConfig"]).RuntimeConfig(
+    untuned.configure(2, "cpu", 0, __import__("common.recipe.loader", fromlist=["RuntimeConfig"]).RuntimeConfig(
         cpu_tuning=False))
     tuned_model, eager_model = _mobilenet(backend, state), _mobilenet(backend, state)
     ref = untuned.predict(eager_model, x)

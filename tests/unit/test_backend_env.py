@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from common.runner import MKL_AMD, SET_BY_SLIMBENCH, backend_env
+from common.run.runner import MKL_AMD, SET_BY_SLIMBENCH, backend_env
 
 
 @pytest.mark.parametrize("backend,tuning,vendor,expected", [

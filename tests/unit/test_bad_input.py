@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from common.cli import run_recipe, slimbench
-from common.recipe import builtin_recipes
+from common.recipe.loader import builtin_recipes
 
 KD = builtin_recipes()["kd_resnet50_mobilenet"]
 QAT = builtin_recipes()["quant_qat_mobilenet"]

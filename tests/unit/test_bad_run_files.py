@@ -9,7 +9,7 @@ import pytest
 
 from common.cli import slimbench
 from common.results import SCHEMA_VERSION, atomic_write_json
-from common.runner import _mark_crashed
+from common.run.runner import _mark_crashed
 
 META = {"recipe_name": "kd", "recipe_source": "kd.yaml", "profile": "default", "backends": ["torch", "paddle"],
         "seeds": [0], "threads": 2, "command": "run-recipe kd", "created_at": "2026-12-01T00:00:00+0000",
@@ -132,7 +132,7 @@ def test_hostile_text_from_results_is_escaped_in_html(tmp_path: Path):
 
 def test_a_worker_that_fails_while_starting_is_reported_with_its_real_error(tmp_path: Path):
     log = tmp_path / "log.txt"
-    log.write_text("$ python -m common.worker run ...\nTraceback (most recent call last):\n  File x\n"
+    log.write_text("$ python -m common.run.worker run ...\nTraceback (most recent call last):\n  File x\n"
                    "ModuleNotFoundError: No module named 'torchvision'\n# exit code 1\n")
     path = tmp_path / "torch" / "seed-0" / "result.json"
     _mark_crashed(path, 1, "torch", 0, log)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from common.recipe import load_recipe, recipe_to_dict, validate
+from common.recipe.loader import load_recipe, recipe_to_dict, validate
 from common.stages.distill import (AttentionTerm, DKDTerm, DistillStage, FeatureTerm, KDTerm, LabelTerm, LayerPair,
                                    _adapter_weight, losses_label, term_scales)
 

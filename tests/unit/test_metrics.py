@@ -76,7 +76,7 @@ def test_time_alternating_interleaves_the_callables():
 
 def test_recorded_warnings_keeps_distinct_first_lines_in_order():
     import warnings
-    from common.capture import recorded_warnings
+    from backends.capture import recorded_warnings
 
     def noisy() -> int:
         warnings.warn("x is deprecated.   Use y\nmore detail", DeprecationWarning)
@@ -88,5 +88,5 @@ def test_recorded_warnings_keeps_distinct_first_lines_in_order():
 
 
 def test_merge_distinct_keeps_first_seen_order():
-    from common.capture import merge_distinct
+    from backends.capture import merge_distinct
     assert merge_distinct(["a", "b"], ["b", "c", "a"], ["d"]) == ["a", "b", "c", "d"]

@@ -7,7 +7,7 @@ import yaml
 from common.errors import RecipeError
 from common.pruning import (agp_sparsity, magnitude_masks, name_artifact_layers, prune_steps, pruned_layer_sparsity,
                             select_layers, sparsity_of)
-from common.recipe import builtin_recipes, resolve
+from common.recipe.loader import builtin_recipes, resolve
 
 
 def test_agp_cubic_ramp_hand_computed():

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from common.errors import RecipeError, UsageError
-from common.recipe import builtin_recipes, load_recipe, recipe_to_dict, resolve
+from common.recipe.loader import builtin_recipes, load_recipe, recipe_to_dict, resolve
 
 KD = builtin_recipes()["kd_resnet50_mobilenet"]
 

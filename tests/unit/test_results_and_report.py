@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from common.errors import RunFilesError
-from common.report import build_markdown, flat_rows, write_report
+from common.report.build import build_markdown, flat_rows, write_report
 from common.results import SCHEMA_VERSION, atomic_write_json, load_results, new_run_dir
 
 
@@ -214,7 +214,7 @@ def test_report_written_elsewhere_carries_its_result_files(tmp_path: Path):
 
 
 def test_compare_two_runs_pairs_seeds_and_names_what_differs(tmp_path: Path):
-    from common.compare import compare_runs
+    from common.report.compare import compare_runs
     a = _write_run(tmp_path / "a", [_result("torch", 0, {"net": 0.50}), _result("torch", 1, {"net": 0.60})])
     rb = [_result("torch", 0, {"net": 0.55}), _result("torch", 1, {"net": 0.70})]
     for r in rb:

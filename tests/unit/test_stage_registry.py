@@ -30,8 +30,8 @@ def test_every_builtin_stage_type_is_registered_with_a_config():
 def test_report_code_does_not_switch_on_stage_type_names():
     """Only the stage modules name their own type: report, decision, plots, summary and worker ask the registry."""
     pattern = re.compile(r"""["'](train|distill|prune|quantize|export)["']""")
-    for rel in ("common/report.py", "common/decision.py", "common/report_plots.py", "common/report_summary.py",
-                "common/worker.py", "common/recipe.py"):
+    for rel in ("common/report/build.py", "common/report/decision.py", "common/report/plots.py", "common/report/summary.py",
+                "common/run/worker.py", "common/recipe/loader.py"):
         hits = [line for line in (ROOT / rel).read_text().splitlines() if pattern.search(line)]
         assert not hits, (rel, hits)
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from common.decision import Metric, collect_metrics, fmt_difference, verdict
+from common.report.decision import Metric, collect_metrics, fmt_difference, verdict
 from common.stats import paired_difference, summarize, t_quantile_975
 
 

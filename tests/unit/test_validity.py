@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common.report import write_report
+from common.report.build import write_report
 from common.results import SCHEMA_VERSION, atomic_write_json, load_results
-from common.validity import check_run
+from common.report.validity import check_run
 
 META = {"recipe_name": "kd", "recipe_source": "kd.yaml", "profile": "default", "backends": ["torch", "paddle"],
         "seeds": [0, 1, 2], "threads": 2, "command": "run-recipe kd", "created_at": "x", "recipe_digest": "abc",

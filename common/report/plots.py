@@ -17,7 +17,7 @@ import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 
 from common.backend_names import color, marker, title  # noqa: E402
-from common.decision import Metric  # noqa: E402
+from common.report.decision import Metric  # noqa: E402
 from common.stages.registry import stage_type, stage_types  # noqa: E402
 
 

@@ -9,7 +9,7 @@ conversion to the other framework, the same fit and the same parity check. A slo
 (e.g. `--set models.teacher.weights=mine.pth`) skips its pretrain: the user's file wins.
 
 The recorded recipe stays the user's; run.json's `pretrained` says which file stands in for which slot, and
-workers read the slot's weights from there (common/worker.load_run_recipe).
+workers read the slot's weights from there (common/run/worker.load_run_recipe).
 """
 from __future__ import annotations
 
@@ -65,7 +65,7 @@ def sub_recipe_data(recipe: Any, slot: str, cfg: PretrainConfig) -> dict[str, An
 
 def write_weights_args(sub_dir: Path, slot: str, cfg: PretrainConfig, target: Path) -> list[str]:
     """Arguments of the `write-weights` worker that saves the sub-run's trained weights (its canonical .npz) as
-    the framework's user-format file and reads it back to check it (common/worker.cmd_write_weights)."""
+    the framework's user-format file and reads it back to check it (common/run/worker.cmd_write_weights)."""
     trained = sub_dir / cfg.framework / f"seed-{cfg.seed}" / "checkpoints" / f"{slot}.npz"
     return [str(trained), "--backend", cfg.framework, "--run", str(sub_dir), "--slot", slot, "--out", str(target)]
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from common.backend_names import ordered, title
-from common.decision import collect_metrics, fmt_difference
+from common.report.decision import collect_metrics, fmt_difference
 from common.errors import SlimbenchError
-from common.markdown_table import table
-from common.recipe import recipe_digest
+from common.report.markdown_table import table
+from common.recipe.loader import recipe_digest
 from common.results import load_results, read_json
 from common.stats import paired_difference
 

@@ -1,6 +1,6 @@
 """`--executor ray`: each (backend, seed) worker of a run as a Ray task (docs/ARCHITECTURE.md, "Executors").
 
-Files travel by shared storage: a task runs the ordinary worker (`python -m common.worker ...`) on its node, and
+Files travel by shared storage: a task runs the ordinary worker (`python -m common.run.worker ...`) on its node, and
 that worker reads and writes the run directory at the same path as the driver. On one machine (the local Ray
 instance started without `--ray-address`) that holds trivially; on a cluster the run directory must be on a
 file system every node mounts at the same path. A task first checks that it sees the run's run.json and fails
@@ -29,23 +29,24 @@ from typing import Any
 
 from common.errors import UsageError
 from common.progress import MARK
+from common.sysinfo import PROJECT_ROOT
 
 TIMING_RESOURCE = "slimbench"  # one unit per node: one slimbench worker at a time there
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = PROJECT_ROOT
 
 
 def _run_on_node(args: list[str], log_path: str, threads: int, backend: str, cpu_tuning: bool,
                  run_json: str) -> dict[str, Any]:
     """The Ray task: the worker as a subprocess of this node, its output appended to the run's log file."""
     import ray
-    from common.runner import backend_env, worker_env
+    from common.run.runner import backend_env, worker_env
     host = socket.gethostname()
     node = ray.get_runtime_context().get_node_id()
     if not Path(run_json).is_file():
         return {"code": 3, "host": host, "node_id": node,
                 "error": f"node {host} does not see {run_json}: the run directory must be on storage every Ray node "
                          "mounts at the same path"}
-    cmd = [sys.executable, "-m", "common.worker", *args, "--threads", str(threads)]
+    cmd = [sys.executable, "-m", "common.run.worker", *args, "--threads", str(threads)]
     with open(log_path, "a") as log:
         log.write(f"$ {shlex.join(cmd)}\n# ray task on node {host} ({node[:12]})\n")
         log.flush()

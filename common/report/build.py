@@ -14,17 +14,17 @@ from pathlib import Path
 from typing import Any
 
 from common.backend_names import title
-from common.decision import collect_metrics, summary_records
-from common.markdown_table import table
-from common.report_html import render_html
-from common.report_plots import Figure, report_figures
-from common.report_summary import decision_section, reproducibility_section
+from common.report.decision import collect_metrics, summary_records
+from common.report.markdown_table import table
+from common.report.html import render_html
+from common.report.plots import Figure, report_figures
+from common.report.summary import decision_section, reproducibility_section
 from common.errors import RunFilesError
-from common.report_index import ReportIndex, fmt_values
+from common.report.index import ReportIndex, fmt_values
 from common.results import atomic_write_bytes, atomic_write_text, load_results, read_json
 from common.stages.export import deployment_runtimes
 from common.stages.registry import in_section_order, stage_type, stage_types
-from common.validity import blocker, validity_section
+from common.report.validity import blocker, validity_section
 
 PLOTS_DIR = "plots"
 
@@ -148,7 +148,7 @@ def _parity_section(results: list[dict], meta: dict) -> str:
 
 def _checkpoint_lines(results: list[dict], meta: dict) -> str:
     """Slots that start from a checkpoint (models.<slot>.weights): which file, what was re-initialised, and
-    whether the recipe's `pretrain` wrote it as a stand-in (common/pretrain.py)."""
+    whether the recipe's `pretrain` wrote it as a stand-in (common/recipe/pretrain.py)."""
     seen: dict[str, dict] = {}
     for r in results:
         for slot, w in (r.get("initial_weights") or {}).items():

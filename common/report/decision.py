@@ -70,7 +70,7 @@ class Verdict:
     relative: float | None  # |difference| / the other backend's mean
     difference: PairedDifference | None
     text: str
-    withheld: str | None = None  # why the numbers cannot carry a verdict (common/validity.py)
+    withheld: str | None = None  # why the numbers cannot carry a verdict (common/report/validity.py)
 
 
 # metric -> why its row gets no verdict (None: it may have one)

@@ -316,7 +316,7 @@ def blocking_reason(findings: list[Finding], group: str, subject: str | None,
 
 def blocker(findings: list[Finding], family: dict[str, set[str]]):
     """The decision summary's Blocker for these findings and slot lineage: metric -> why it gets no verdict."""
-    from common.decision import subject
+    from common.report.decision import subject
     return lambda m: blocking_reason(findings, m.group, subject(m), family)
 
 

@@ -22,7 +22,7 @@ from common.config import (BACKENDS, DATASET_CLASSES, MAX_YAML_DEPTH, MODEL_ARCH
                            AugmentConfig, DataConfig, MeasureConfig, ModelConfig, OptimizerConfig, ParityConfig,
                            RuntimeConfig, ScheduleConfig, WEIGHT_FORMATS)
 from common.errors import RecipeError, UsageError
-from common.pretrain import PretrainConfig
+from common.recipe.pretrain import PretrainConfig
 from common.schema import bounds, convert, one_key_item, parse
 from common.stages.registry import SlotState, Stage, check_refs, stage_types
 
@@ -123,7 +123,7 @@ def recipes_dir() -> Path:
     """Built-in recipes ship inside the package, in `common/recipes/` (package data, so a wheel has them too);
     SLIMBENCH_RECIPES overrides the folder."""
     env = os.environ.get("SLIMBENCH_RECIPES")
-    return Path(env) if env else Path(__file__).resolve().parent / "recipes"
+    return Path(env) if env else Path(__file__).resolve().parents[1] / "recipes"
 
 
 def builtin_recipes() -> dict[str, Path]:

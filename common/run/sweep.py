@@ -13,7 +13,7 @@
 into recipes x profiles x variants runs (each variant a list of `--set` overrides; a variant that does not
 apply to a recipe is that run's one-line error before anything starts). Every run is validated before the
 first one starts. The local executor runs them one after another; the Ray executor runs them at once, each
-run on one node (common/ray_executor.py), so the timings inside a run stay comparable.
+run on one node (common/run/ray_executor.py), so the timings inside a run stay comparable.
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from typing import Any, Callable, Literal
 
 from common.errors import RecipeError, UsageError
 from common.progress import fmt_duration
-from common.recipe import Recipe, load_recipe, yaml_load
+from common.recipe.loader import Recipe, load_recipe, yaml_load
 from common.schema import bounds, parse
 
 

@@ -1,4 +1,4 @@
-"""The per-backend subprocess: `python -m common.worker {init,run} RUN_DIR --backend B --seed N`.
+"""The per-backend subprocess: `python -m common.run.worker {init,run} RUN_DIR --backend B --seed N`.
 
 `init` (reference framework only) creates each model's initial weights for a seed and writes them as a
 framework-neutral numpy state plus the logits they give on fixed probe inputs. `run` loads those
@@ -27,8 +27,8 @@ from common.errors import ParityError, RecipeError, SlimbenchError, Terminated, 
 from common.metrics import logit_difference
 from common.progress import Progress
 from common.config import ModelConfig
-from common.recipe import Recipe, validate
-from common.runner import file_command, worker_env
+from common.recipe.loader import Recipe, validate
+from common.run.runner import file_command, worker_env
 from common.results import SCHEMA_VERSION, atomic_write_json, init_dir, read_json, seed_dir
 from common.stages.loop import RunContext
 from common.stages.registry import stage_types
@@ -357,7 +357,7 @@ def cmd_write_weights(trained: Path, backend_name: str, run_dir: Path, slot: str
 def _file_command(name: str, argv: list[str]) -> int:
     """`read-weights FILE` / `write-weights TRAINED`: one checkpoint file converted by a worker of the file's own
     framework; a bad file is one line on stderr and exit 2, which the caller passes on."""
-    p = argparse.ArgumentParser(prog=f"python -m common.worker {name}")
+    p = argparse.ArgumentParser(prog=f"python -m common.run.worker {name}")
     p.add_argument("file", type=Path)
     p.add_argument("--backend", required=True)
     p.add_argument("--out", type=Path, required=True)
@@ -383,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] in (["read-weights"], ["write-weights"]):
         return _file_command(argv[0], argv[1:])
-    p = argparse.ArgumentParser(prog="python -m common.worker")
+    p = argparse.ArgumentParser(prog="python -m common.run.worker")
     p.add_argument("command", choices=["init", "run"])
     p.add_argument("run_dir", type=Path)
     p.add_argument("--backend", required=True)

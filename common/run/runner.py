@@ -19,14 +19,14 @@ from typing import Protocol
 
 from common.errors import Terminated, raise_terminated
 from common.progress import MARK, fmt_duration
-from common import pretrain
+from common.recipe import pretrain
 from common.config import RuntimeConfig
-from common.recipe import Recipe, validate
-from common.sysinfo import cpu_vendor
+from common.recipe.loader import Recipe, validate
+from common.sysinfo import PROJECT_ROOT, cpu_vendor
 from common.results import SCHEMA_VERSION, atomic_write_json, init_dir, new_run_dir, read_json, seed_dir
 
 class Executor(Protocol):
-    """Where workers run: LocalExecutor (subprocesses here) or common/ray_executor.RayExecutor (Ray tasks)."""
+    """Where workers run: LocalExecutor (subprocesses here) or common/run/ray_executor.RayExecutor (Ray tasks)."""
     name: str
 
     def describe(self) -> dict[str, object]: ...
@@ -80,13 +80,13 @@ def run_worker(args: list[str], log_path: Path, label: str, threads: int,
     exactly one signal on (SIGINT for Ctrl-C, SIGTERM for a SIGTERM) and waits for the worker to record
     'interrupted' in its result: stopping run-recipe stops the whole tree, and nothing is left running."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "common.worker", *args, "--threads", str(threads)]
+    cmd = [sys.executable, "-m", "common.run.worker", *args, "--threads", str(threads)]
     with open(log_path, "a") as log:
         log.write(f"$ {shlex.join(cmd)}\n")
         log.flush()
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 env={**worker_env(threads), **(extra_env or {})},
-                                cwd=Path(__file__).resolve().parent.parent,
+                                cwd=PROJECT_ROOT,
                                 start_new_session=True)
         assert proc.stdout is not None
         try:
@@ -124,10 +124,11 @@ class LocalExecutor:
 
 
 def file_command(name: str, args: list[str], env: dict[str, str]) -> str | None:
-    """`python -m common.worker NAME ARGS` (read-weights, write-weights): one checkpoint file handled by a worker of
-    its own framework, since frameworks never share a process. None when it worked, else the line saying why not."""
-    p = subprocess.run([sys.executable, "-m", "common.worker", name, *args], capture_output=True, text=True, env=env,
-                       cwd=Path(__file__).resolve().parent.parent)
+    """`python -m common.run.worker NAME ARGS` (read-weights, write-weights): one checkpoint file handled by a
+    worker of its own framework, since frameworks never share a process. None when it worked, else the line saying
+    why not."""
+    p = subprocess.run([sys.executable, "-m", "common.run.worker", name, *args], capture_output=True, text=True,
+                       env=env, cwd=PROJECT_ROOT)
     if p.returncode == 0:
         return None
     lines = [ln for ln in (p.stdout + p.stderr).splitlines() if ln.strip()]
@@ -205,13 +206,13 @@ def _write_run_meta(run_dir: Path, recipe: Recipe, backends: list[str], threads:
 
 
 def _pretrain(run_dir: Path, recipe: Recipe, threads: int, resume: bool, executor: "Executor") -> Recipe:
-    """Write the stand-in checkpoint of every slot that `pretrain` lists and has no weights (common/pretrain.py),
+    """Write the stand-in checkpoint of every slot that `pretrain` lists and has no weights (common/recipe/pretrain.py),
     each in a sub-run of its own under RUN/pretrain/; return the recipe whose slots start from those files.
     On resume a written file is kept, and an interrupted sub-run resumes."""
     todo = pretrain.pending(recipe)
     if not todo:
         return recipe
-    from common.worker import load_run_recipe
+    from common.run.worker import load_run_recipe
     meta = read_json(run_dir / "run.json")
     for slot, cfg in todo.items():
         target = pretrain.checkpoint_path(run_dir, slot, cfg)
@@ -244,7 +245,7 @@ def _pretrain(run_dir: Path, recipe: Recipe, threads: int, resume: bool, executo
 def resume_run(run_dir: Path, add_seeds: tuple[int, ...] = (), executor: "Executor | None" = None) -> RunOutcome:
     """Finish an interrupted or failed run in place: finished (backend, seed) runs and completed stages are kept.
     `add_seeds` extends the run by more replicates of the same recipe (a 1-seed run grown to 3 keeps its seed 0)."""
-    from common.worker import load_run_recipe
+    from common.run.worker import load_run_recipe
     meta = read_json(run_dir / "run.json")
     new = [s for s in add_seeds if s not in meta["seeds"]]
     if new:

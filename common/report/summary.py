@@ -7,10 +7,10 @@ from collections import defaultdict
 from typing import Any
 
 from common.backend_names import title
-from common.decision import Blocker, collect_metrics, decision_rows, headline
+from common.report.decision import Blocker, collect_metrics, decision_rows, headline
 from common.stages.registry import stage_type
-from common.markdown_table import table
-from common.recipe import recipe_digest
+from common.report.markdown_table import table
+from common.recipe.loader import recipe_digest
 
 
 def decision_section(results: list[dict], backends: list[str], blocked: Blocker = lambda m: None) -> str:

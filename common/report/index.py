@@ -1,4 +1,4 @@
-"""Lookups and number formats shared by the report sections (common/report.py and each stage type's section)."""
+"""Lookups and number formats shared by the report sections (common/report/build.py and each stage type's section)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,10 +7,10 @@ from typing import Any
 import numpy as np
 
 from common.backend_names import ordered, title
-from common.markdown_table import table
+from common.report.markdown_table import table
 from common.metrics import paired_predictions
 from common.stats import paired_difference, summarize
-from common.validity import Finding, blocking_reason, check_run, lineage, prediction_path
+from common.report.validity import Finding, blocking_reason, check_run, lineage, prediction_path
 
 
 class ReportIndex:
@@ -89,7 +89,7 @@ def delta_table(ix: ReportIndex, run_dir: Path, meta: dict, title_: str,
                 items: list[tuple[str, str, str, dict[int, float], dict[int, float], str]]) -> str:
     """Compressed model against its parent across seeds: (stage, backend, 'parent → child', parent top-1 by seed,
     child top-1 by seed, child slot) per row; the change paired by seed with its 95% interval, and a verdict only
-    where the numbers can carry one (common/validity.py)."""
+    where the numbers can carry one (common/report/validity.py)."""
     if not items:
         return ""
     findings, family = ix.validity(run_dir, meta)
