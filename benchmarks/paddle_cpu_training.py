@@ -17,6 +17,8 @@ Configurations:
   paddle-eager       the slimbench trainer, dygraph (runtime.cpu_tuning: false)
   paddle-tuned       the slimbench trainer, default: depthwise convolutions on oneDNN in a to_static program
   paddle-onednn-all  to_static with FLAGS_use_mkldnn=1: every op on oneDNN (wrong gradients; ResNet50 aborts)
+  paddle-conv-fwd    to_static, every convolution's forward on oneDNN, conv2d_grad on the native kernels
+                     (depthwise backward on oneDNN as in paddle-tuned): issue 20 item 2's forward-only trial
   torch-eager        the torch trainer, NCHW (runtime.cpu_tuning: false)
   torch-tuned        the torch trainer, default: channels_last for models with depthwise convolutions
 """
@@ -33,8 +35,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-CONFIGS = ("paddle-adamw", "paddle-1thread", "paddle-eager", "paddle-tuned", "paddle-onednn-all", "torch-eager",
-           "torch-tuned")
+CONFIGS = ("paddle-adamw", "paddle-1thread", "paddle-eager", "paddle-tuned", "paddle-onednn-all", "paddle-conv-fwd",
+           "torch-eager", "torch-tuned")
 OPTIMIZER = {"name": "adamw", "lr": 0.002, "weight_decay": 0.05}
 
 
@@ -71,6 +73,10 @@ def _trainer(config: str, arch: str, threads: int, weights: Path):
     if how == "onednn-all":
         from backends.paddle.programs import OnednnDepthwiseProgram
         runner.program = OnednnDepthwiseProgram(runner.objective)  # a to_static program; the flag moves every op
+    if how == "conv-fwd":
+        from backends.paddle.programs import OnednnDepthwiseProgram
+        runner.program = OnednnDepthwiseProgram(runner.objective, onednn_ops=("conv2d", "depthwise_conv2d"),
+                                                native_grad_ops=("conv2d_grad",))
     return backend, framework, model, runner
 
 

@@ -32,12 +32,20 @@ def depthwise_conv_count(model: nn.Layer) -> int:
 
 class OnednnDepthwiseProgram:
     """Calls a Layer as a to_static program (one per input signature and train/eval mode), with the depthwise
-    convolution ops switched to oneDNN before each program first runs."""
+    convolution ops switched to oneDNN before each program first runs.
 
-    def __init__(self, layer: nn.Layer, mode_of: nn.Layer | None = None):
+    `onednn_ops` and `native_grad_ops` exist for benchmarks/paddle_cpu_training.py's trials (issue 20, item 2):
+    a grad op inherits its forward op's use_mkldnn when Paddle appends the backward, so `native_grad_ops` switches
+    those back to the native kernels in the training program (e.g. conv2d forward on oneDNN, conv2d_grad native,
+    whose oneDNN weight gradients are wrong). The defaults are what slimbench trains with."""
+
+    def __init__(self, layer: nn.Layer, mode_of: nn.Layer | None = None, onednn_ops: tuple[str, ...] = ONEDNN_OPS,
+                 native_grad_ops: tuple[str, ...] = ()):
         self.layer, self.mode_of = layer, mode_of  # mode_of: whose train/eval mode picks the program per call
+        self.onednn_op_types, self.native_grad_ops = onednn_ops, native_grad_ops
         self.static: paddle.jit.dy2static.program_translator.StaticFunction | None = None
         self.onednn_ops = 0  # switched in the latest program
+        self.native_grads = 0  # grad ops switched back to native kernels in the latest training program
 
     def __call__(self, *inputs: paddle.Tensor) -> paddle.Tensor:
         if self.mode_of is not None:
@@ -48,9 +56,16 @@ class OnednnDepthwiseProgram:
         # The program this call will run: to_static keys them on the mode too, and defaults is_train to True.
         _, program = self.static.get_concrete_program(*inputs, is_train=self.layer.training)
         if not getattr(program, "_slimbench_onednn", False):
-            ops = [op for op in program._origin_main_program.global_block().ops if op.type in ONEDNN_OPS]
+            ops = [op for op in program._origin_main_program.global_block().ops if op.type in self.onednn_op_types]
             for op in ops:
                 op._set_attr("use_mkldnn", True)
+            if self.native_grad_ops and self.layer.training:
+                # builds the training program now (forward with the attributes above, then its backward), before
+                # its forward/backward split is derived from it on the first call
+                grads = [op for op in program.train_program.global_block().ops if op.type in self.native_grad_ops]
+                for op in grads:
+                    op._set_attr("use_mkldnn", False)
+                self.native_grads = len(grads)
             program._slimbench_onednn = True
             self.onednn_ops = len(ops)
         return self.static(*inputs)
