@@ -213,9 +213,9 @@ def _run_all(runs: list, backends: list[str], a: argparse.Namespace, command: st
 def _refuse_contended(run_dir: Path, allowed: bool) -> None:
     """A published report is read as decision-grade: timings taken on a busy machine are not published unless
     the user says so."""
-    from common.results import load_results
+    from common.report.paired import load_report_results
     from common.report.validity import check_run
-    busy = [f for f in check_run(run_dir, load_results(run_dir)) if f.check == "contended"]
+    busy = [f for f in check_run(run_dir, load_report_results(run_dir)[0]) if f.check == "contended"]
     if busy and not allowed:
         raise UsageError(f"{run_dir}: {len(busy)} timing(s) were taken under background load (e.g. "
                          f"{busy[0].message.replace('`', '')}); rerun on a quiet machine, or publish anyway with "

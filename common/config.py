@@ -101,6 +101,16 @@ class RuntimeConfig:
 
 
 @dataclass(frozen=True)
+class TimingConfig:
+    """The paired timing phase after every backend and seed has finished (common/run/paired_timing.py): each
+    exported and int8 artifact timed again in fresh processes, backends alternating A B B A, so a cross-framework
+    latency difference is measured at the same time on the same machine. `rounds` processes per backend and seed
+    (2: A B B A); the report pools their timings and uses them instead of the per-stage ones."""
+    paired: bool = True
+    rounds: int = field(default=2, metadata=bounds(ge=1, le=10))
+
+
+@dataclass(frozen=True)
 class ParityConfig:
     rtol: float = field(default=1e-4, metadata=bounds(gt=0))
     probe_batch: int = field(default=8, metadata=bounds(gt=0))

@@ -75,6 +75,17 @@ def init_dir(run_dir: Path, seed: int) -> Path:
     return run_dir / "init" / f"seed-{seed}"
 
 
+TIMING_DIR = "timing"  # the paired timing phase's files (common/run/paired_timing.py, common/report/paired.py)
+
+
+def timing_round_path(run_dir: Path, seed: int, round_no: int, backend: str) -> Path:
+    return run_dir / TIMING_DIR / f"seed-{seed}" / f"round-{round_no}.{backend}.json"
+
+
+def timing_round_files(run_dir: Path) -> list[Path]:
+    return sorted(Path(run_dir).glob(f"{TIMING_DIR}/seed-*/round-*.json"))
+
+
 def read_json(path: Path) -> dict:
     """A JSON object from a file we wrote; anything else (missing, truncated, binary, a list) is a RunFilesError."""
     try:

@@ -20,7 +20,7 @@ import yaml
 
 from common.config import (BACKENDS, DATASET_CLASSES, MAX_YAML_DEPTH, MODEL_ARCHS, NAME_PATTERN,  # noqa: F401
                            AugmentConfig, DataConfig, MeasureConfig, ModelConfig, OptimizerConfig, ParityConfig,
-                           RuntimeConfig, ScheduleConfig, WEIGHT_FORMATS)
+                           RuntimeConfig, ScheduleConfig, TimingConfig, WEIGHT_FORMATS)
 from common.errors import RecipeError, UsageError
 from common.recipe.pretrain import PretrainConfig
 from common.schema import bounds, convert, one_key_item, parse
@@ -38,6 +38,7 @@ class Recipe:
     reference_framework: Literal["torch", "paddle"] = "torch"
     runtime: RuntimeConfig = RuntimeConfig()
     parity: ParityConfig = ParityConfig()
+    timing: TimingConfig = TimingConfig()
     pretrain: dict[str, PretrainConfig] = field(default_factory=dict)  # slot -> its stand-in checkpoint
     profile: str = "default"
     source: str = ""
@@ -116,7 +117,7 @@ def _yaml_problem(e: Exception) -> tuple[str, str]:
 
 
 _TOP_KEYS = ("name", "description", "data", "models", "pretrain", "stages", "seeds", "reference_framework",
-             "runtime", "parity", "profiles")
+             "runtime", "parity", "timing", "profiles")
 
 
 def recipes_dir() -> Path:
@@ -373,9 +374,11 @@ def validate(data: dict, source: str, profile: str) -> Recipe:
                   "reference_framework")
     runtime = parse(RuntimeConfig, data.get("runtime", {}) or {}, source, "runtime")
     parity = parse(ParityConfig, data.get("parity", {}) or {}, source, "parity")
+    timing = parse(TimingConfig, data.get("timing", {}) or {}, source, "timing")
     raw = copy.deepcopy(data)
     return Recipe(name=name, description=description, data=dcfg, models=models, stages=tuple(stages), seeds=seeds,
-                  reference_framework=ref, runtime=runtime, parity=parity, pretrain=pretrain, profile=profile, source=source, raw=raw)
+                  reference_framework=ref, runtime=runtime, parity=parity, timing=timing, pretrain=pretrain,
+                  profile=profile, source=source, raw=raw)
 
 
 def _check_weights_file(path: str, source: str, key: str) -> None:

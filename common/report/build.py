@@ -21,7 +21,8 @@ from common.report.plots import Figure, report_figures
 from common.report.summary import decision_section, reproducibility_section
 from common.errors import RunFilesError
 from common.report.index import ReportIndex, fmt_values
-from common.results import atomic_write_bytes, atomic_write_text, load_results, read_json
+from common.report.paired import load_report_results, timing_note
+from common.results import atomic_write_bytes, atomic_write_text, read_json, timing_round_files
 from common.stages.export import deployment_runtimes
 from common.stages.registry import in_section_order, stage_type, stage_types
 from common.report.validity import blocker, validity_section
@@ -59,13 +60,13 @@ def _figures_section(figures: list[Figure]) -> str:
 
 
 def build_markdown(run_dir: Path, results: list[dict], meta: dict, figures: list[Figure] = (),
-                   ix: ReportIndex | None = None) -> str:
+                   ix: ReportIndex | None = None, timing: dict | None = None) -> str:
     """report.md: the header, the decision summary and plots, each stage type's section, then what a reader
     needs to trust the comparison (training, same start, same data, what differs, reproducibility)."""
     ix = ix or ReportIndex(results)
     findings, family = ix.validity(run_dir, meta)
     parts = [_header(run_dir, results, meta, ix), _failures(results), validity_section(findings),
-             decision_section(results, ix.backends, blocker(findings, family)),
+             decision_section(results, ix.backends, blocker(findings, family)), timing_note(timing or {}),
              _figures_section(figures), *(kind.section(ix, run_dir, meta) for kind in in_section_order()),
              _parent_section(run_dir, ix), _training_section(ix), _parity_section(results, meta),
              _data_section(results),
@@ -276,7 +277,8 @@ def _differences(ix: ReportIndex, runtimes: dict) -> str:
 
 
 def _copy_run(run_dir: Path, out_dir: Path) -> None:
-    """Put the run's own files (run.json, result files, saved predictions) beside a report written elsewhere,
+    """Put the run's own files (run.json, result files, saved predictions, paired timings) beside a report written
+    elsewhere,
     so the report directory can be regenerated and compared without the run directory."""
     shutil.copy2(run_dir / "run.json", out_dir / "run.json")
     for result in sorted(run_dir.glob("*/seed-*/result.json")):
@@ -286,6 +288,10 @@ def _copy_run(run_dir: Path, out_dir: Path) -> None:
         shutil.copy2(result, dest / "result.json")
         for npz in sorted((result.parent / "predictions").glob("*.npz")):
             shutil.copy2(npz, dest / "predictions" / npz.name)
+    for timing in timing_round_files(run_dir):  # the paired timing phase's rounds (not its logs)
+        dest = out_dir / timing.relative_to(run_dir)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(timing, dest)
 
 
 def write_report(run_dir: Path, out_dir: Path | None = None) -> Path:
@@ -294,12 +300,12 @@ def write_report(run_dir: Path, out_dir: Path | None = None) -> Path:
     directory; return the Markdown report's path. With `out_dir`, the run's result files are copied there too."""
     run_dir = Path(run_dir)
     out_dir = Path(out_dir) if out_dir else run_dir
-    results = load_results(run_dir)
+    results, timing = load_report_results(run_dir)
     if not results:
         raise RunFilesError(f"no result files under {run_dir}/<backend>/seed-<n>/result.json")
     meta = read_json(run_dir / "run.json") if (run_dir / "run.json").is_file() else {}
     try:
-        return _write_report(run_dir, out_dir, results, meta)
+        return _write_report(run_dir, out_dir, results, meta, timing)
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
         # load_results checked the structure every section relies on; this is a field deeper down
         raise RunFilesError(f"cannot build the report of {run_dir}: a result file lacks a value the report needs "
@@ -307,7 +313,7 @@ def write_report(run_dir: Path, out_dir: Path | None = None) -> Path:
                             "slimbench version (SLIMBENCH_DEBUG=1 shows where)") from e
 
 
-def _write_report(run_dir: Path, out_dir: Path, results: list[dict], meta: dict) -> Path:
+def _write_report(run_dir: Path, out_dir: Path, results: list[dict], meta: dict, timing: dict) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     if out_dir.resolve() != run_dir.resolve() and (run_dir / "run.json").is_file():
         _copy_run(run_dir, out_dir)
@@ -321,7 +327,7 @@ def _write_report(run_dir: Path, out_dir: Path, results: list[dict], meta: dict)
     plots.mkdir(exist_ok=True)
     for f in figures:
         atomic_write_bytes(plots / f"{f.name}.png", f.png)
-    md = build_markdown(run_dir, results, meta, figures, ix)
+    md = build_markdown(run_dir, results, meta, figures, ix, timing)
     rows = flat_rows(results)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=["backend", "seed", "stage", "model", "metric", "value"])

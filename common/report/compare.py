@@ -9,7 +9,8 @@ from common.report.decision import collect_metrics, fmt_difference
 from common.errors import SlimbenchError
 from common.report.markdown_table import table
 from common.recipe.loader import recipe_digest
-from common.results import load_results, read_json
+from common.report.paired import load_report_results
+from common.results import read_json
 from common.stats import paired_difference
 
 
@@ -37,7 +38,7 @@ def _env_facts(results: list[dict]) -> dict[str, str]:
 
 def compare_runs(run_a: Path, run_b: Path) -> str:
     """Markdown: run facts that differ, then every metric of both runs per framework with B − A."""
-    ra, rb = load_results(run_a), load_results(run_b)
+    (ra, _), (rb, _) = load_report_results(run_a), load_report_results(run_b)
     for d, r in ((run_a, ra), (run_b, rb)):
         if not r:
             raise SlimbenchError(f"{d}: no result files (<backend>/seed-<n>/result.json): pass a run directory")

@@ -20,6 +20,7 @@ from typing import Protocol
 from common.errors import Terminated, raise_terminated
 from common.progress import MARK, fmt_duration
 from common.recipe import pretrain
+from common.run import paired_timing
 from common.config import RuntimeConfig
 from common.recipe.loader import Recipe, validate
 from common.sysinfo import PROJECT_ROOT, cpu_vendor
@@ -320,5 +321,6 @@ def _execute_all(run_dir: Path, recipe: Recipe, backends: list[str], threads: in
                 print(f"  {msg}", flush=True)
             else:
                 print(f"[{backend} seed {seed}] finished in {fmt_duration(time.time() - t_b)}", flush=True)
+    outcome.failures += paired_timing.run_phase(run_dir, recipe, backends, threads, executor)
     print(f"all runs finished in {fmt_duration(time.time() - t0)}", flush=True)
     return outcome

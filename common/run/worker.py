@@ -1,9 +1,10 @@
-"""The per-backend subprocess: `python -m common.run.worker {init,run} RUN_DIR --backend B --seed N`.
+"""The per-backend subprocess: `python -m common.run.worker {init,run,time} RUN_DIR --backend B --seed N`.
 
 `init` (reference framework only) creates each model's initial weights for a seed and writes them as a
 framework-neutral numpy state plus the logits they give on fixed probe inputs. `run` loads those
 weights into the backend's models, checks the logits match (fairness rule 2), then runs the stages,
-rewriting result.json after each one.
+rewriting result.json after each one. `time` is one process of the paired timing phase
+(common/run/paired_timing.py): every artifact of a finished (backend, seed) timed again.
 """
 from __future__ import annotations
 
@@ -24,13 +25,16 @@ from backends.base import QuantizedModel, load_backend
 from backends.capabilities import capability_record, require_supported
 from common.data import BatchStream, load_dataset
 from common.errors import ParityError, RecipeError, SlimbenchError, Terminated, raise_terminated
-from common.metrics import logit_difference
+from common.load import LoadMeter
+from common.metrics import latency_summary, logit_difference, time_alternating
 from common.progress import Progress
 from common.config import ModelConfig
 from common.recipe.loader import Recipe, validate
+from common.run import paired_timing
 from common.run.runner import file_command, worker_env
-from common.results import SCHEMA_VERSION, atomic_write_json, init_dir, read_json, seed_dir
+from common.results import SCHEMA_VERSION, atomic_write_json, init_dir, read_json, seed_dir, timing_round_path
 from common.stages.loop import RunContext
+from common.stages.quantize import artifact_from_record
 from common.stages.registry import stage_types
 from common.sysinfo import platform_info
 from common.weights import WeightsError, file_sha256, fit_checkpoint, read_canonical_npz, reader_of
@@ -336,6 +340,67 @@ def _record_failure(res: ResultWriter, e: BaseException, stage: str, progress: P
     return 1
 
 
+def cmd_time(run_dir: Path, backend_name: str, seed: int, threads: int, round_no: int) -> int:
+    """One process of the paired timing phase: reopen every artifact this (backend, seed) measured, time each
+    batch size with its stage's warm-up and repeats on the same inputs, the artifacts in alternation, and write
+    RUN/timing/seed-N/round-K.<backend>.json (status failed, with the error, if anything goes wrong)."""
+    sdir = seed_dir(run_dir, backend_name, seed)
+    result = read_json(sdir / "result.json")
+    path = timing_round_path(run_dir, seed, round_no, backend_name)
+    record: dict[str, Any] = {"backend": backend_name, "seed": seed, "round": round_no, "status": "running",
+                              "result_finished_at": result.get("finished_at"),
+                              "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                              "environment": {**platform_info(), "threads": threads}, "items": []}
+    progress = Progress()
+    try:
+        recipe = load_run_recipe(run_dir)
+        backend = load_backend(backend_name)
+        record["environment"].update(backend.configure(threads, recipe.runtime.device, seed, recipe.runtime))
+        stream, _, _ = _probe_and_stream(recipe, seed)
+        measures = {s.name: s.config.measure for s in recipe.stages if hasattr(s.config, "measure")}
+        loaded: dict[str, Any] = {}
+        for item in paired_timing.timed_items(result):
+            artifact = artifact_from_record(item["record"], sdir)
+            ident = f"{item['stage']}.{item['key']}"
+            loaded[ident] = (backend.load_artifact(artifact, threads) if item["kind"] == "fp32"
+                             else backend.load_quantized(artifact, threads).predict)
+            record["items"].append({"stage": item["stage"], "key": item["key"], "kind": item["kind"],
+                                    "runtime": item["record"].get("runtime"), "latency": {}})
+        # artifacts measured with the same warm-up and repeats are timed together, in alternation, per batch size
+        groups: dict[tuple[int, int, int], list[dict]] = {}
+        for entry in record["items"]:
+            m = measures[entry["stage"]]
+            for bs in m.batch_sizes:
+                groups.setdefault((bs, m.warmup, m.repeats), []).append(entry)
+        for (bs, warmup, repeats), entries in groups.items():
+            x = stream.val_images(bs)
+            fns = {f"{e['stage']}.{e['key']}": (lambda f=loaded[f"{e['stage']}.{e['key']}"]: f(x)) for e in entries}
+            progress.say(f"timing round {round_no + 1}: {len(fns)} artifact(s) at batch {bs}, alternating "
+                         f"({warmup} warm-up, {repeats} timed each)")
+            with LoadMeter() as load:
+                times = time_alternating(fns, warmup, repeats)
+            window = load.record()
+            if load.warning(f"the paired batch-{bs} latency"):
+                progress.say(load.warning(f"the paired batch-{bs} latency"))
+            for e in entries:
+                t = times[f"{e['stage']}.{e['key']}"]
+                e["latency"][str(bs)] = {**latency_summary(t), "times_ms": [round(v * 1e3, 4) for v in t],
+                                         "load": dict(window)}
+        record["status"] = "ok"
+        code = 0
+    except (Exception, KeyboardInterrupt, Terminated) as e:  # recorded in the round file; the exit status says how
+        record["status"] = "interrupted" if isinstance(e, (KeyboardInterrupt, Terminated)) else "failed"
+        record["error"] = {"type": type(e).__name__, "message": str(e)}
+        if record["status"] == "failed":
+            traceback.print_exc()
+            progress.say(f"FAILED in paired timing: {type(e).__name__}: {e}")
+        code = 1 if record["status"] == "failed" else 143 if isinstance(e, Terminated) else 130
+    record["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, record)
+    return code
+
+
 def cmd_write_weights(trained: Path, backend_name: str, run_dir: Path, slot: str, out: Path) -> None:
     """A canonical .npz written as the framework's user-format checkpoint (pretrain), then read back through the
     same reader a user's file goes through and compared tensor by tensor: the stand-in is a real user file."""
@@ -384,12 +449,13 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] in (["read-weights"], ["write-weights"]):
         return _file_command(argv[0], argv[1:])
     p = argparse.ArgumentParser(prog="python -m common.run.worker")
-    p.add_argument("command", choices=["init", "run"])
+    p.add_argument("command", choices=["init", "run", "time"])
     p.add_argument("run_dir", type=Path)
     p.add_argument("--backend", required=True)
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--threads", type=int, required=True)
     p.add_argument("--resume", action="store_true", help="keep completed stages of an earlier attempt")
+    p.add_argument("--round", type=int, default=0, help="time: which round of the paired timing phase")
     a = p.parse_args(argv)
     signal.signal(signal.SIGTERM, raise_terminated)
     try:
@@ -400,6 +466,8 @@ def main(argv: list[str] | None = None) -> int:
                 Progress().say(f"FAILED in init: {e}")
                 return 1
             return 0
+        if a.command == "time":
+            return cmd_time(a.run_dir, a.backend, a.seed, a.threads, a.round)
         try:
             return cmd_run(a.run_dir, a.backend, a.seed, a.threads, a.resume)
         except SlimbenchError as e:

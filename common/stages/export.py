@@ -54,6 +54,7 @@ def run_export(ctx: RunContext, stage: Stage) -> dict[str, Any]:
             if load.warning(f"{slot}'s batch-{bs} latency"):
                 ctx.progress.say(load.warning(f"{slot}'s batch-{bs} latency"))
         rec = {"format": artifact.format, "files": [str(f.relative_to(ctx.out_dir)) for f in artifact.files],
+               "entry": str(artifact.entry.relative_to(ctx.out_dir)), "extra": artifact.extra,
                "size_bytes": artifact.size_bytes, "size_mb": artifact.size_bytes / 1e6, **stats,
                # Dense kernels store zeros like any other value: sparsity only shrinks a compressed file.
                "compressed_bytes": compressed_size(artifact.files) if stats["sparsity"]["overall"] > 0.01 else None,
@@ -134,6 +135,10 @@ class Export(StageType):
     def timings(self, record: dict) -> list[tuple[str, str, str, dict | None]]:
         return [("latency", slot, f"`{slot}`'s batch-{bs} latency", lat.get("load"))
                 for slot, m in record["models"].items() for bs, lat in m["latency"].items()]
+
+    def timed_artifacts(self, record: dict) -> list[tuple[str, dict, str]]:
+        # results written before export records named their entry file cannot be reopened
+        return [(f"models.{slot}", m, "fp32") for slot, m in record["models"].items() if "entry" in m]
 
 
 register(Export())

@@ -323,6 +323,14 @@ class Quantize(StageType):
                    for bs, lat in record[kind]["latency"].items()]
         return latency + super().timings(record)
 
+    def timed_artifacts(self, record: dict) -> list[tuple[str, dict, str]]:
+        return [("fp32", record["fp32"], "fp32"), ("int8", record["int8"], "int8")]
+
+    def retimed(self, record: dict) -> None:
+        fp, q = record["fp32"]["latency"], record["int8"]["latency"]
+        record["speedup"] = {bs: fp[bs]["p50_ms"] / q[bs]["p50_ms"] for bs in fp if bs in q}
+        record["latency_ratio"] = {bs: 1 / v for bs, v in record["speedup"].items()}
+
     def histories(self, record: dict) -> list[list[dict]]:
         hist = record.get("history") or (record.get("qat") or {}).get("history")
         return [hist] if hist else []

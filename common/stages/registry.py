@@ -134,6 +134,15 @@ class StageType:
         return [("training time", record["name"], f"`{record['name']}`'s training", run.get("load"))
                 for _, run in self.training_runs(record)]
 
+    def timed_artifacts(self, record: dict) -> list[tuple[str, dict, str]]:
+        """(key, artifact record, 'fp32' or 'int8') of every artifact whose latency this stage measured; the
+        artifact record has format, files, entry, extra, runtime and latency. The paired timing phase
+        (common/run/paired_timing.py) times each again; the report swaps in those latencies."""
+        return []
+
+    def retimed(self, record: dict) -> None:
+        """Recompute what this stage derived from its latencies once the report swapped in the paired ones."""
+
     def figures(self, results: list[dict], backends: list[str]) -> list[Any]:
         """Figures (common.report.plots.Figure) only this stage type can draw."""
         return []

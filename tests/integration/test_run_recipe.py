@@ -86,6 +86,21 @@ def test_smoke_all_backends_same_data_and_report(tmp_path: Path):
     rows = [line for line in report.splitlines() if line.startswith(("| accuracy |", "| size |", "| latency |"))]
     assert rows and all("no verdict: " in line for line in rows)
     assert "warning: 1 seed(s): a verdict needs at least 3" in p.stderr
+    # Paired timing: after both backends finished, every exported artifact is timed again in fresh processes,
+    # torch paddle paddle torch, with the stage's warm-up and repeats; the report uses those rounds.
+    assert "paired timing: every artifact timed again per seed, processes torch paddle paddle torch" in p.stdout
+    rounds = sorted((run / "timing" / "seed-0").glob("round-*.json"))
+    assert [r.name for r in rounds] == ["round-0.paddle.json", "round-0.torch.json", "round-1.paddle.json",
+                                        "round-1.torch.json"]
+    for path in rounds:
+        data = json.loads(path.read_text())
+        backend = path.name.split(".")[1]
+        assert data["status"] == "ok", data.get("error")
+        assert data["result_finished_at"] == res[backend]["finished_at"]
+        exported = set(res[backend]["stages"][4]["models"])
+        assert {(i["stage"], i["key"]) for i in data["items"]} == {("export", f"models.{s}") for s in exported}
+        assert all(len(i["latency"][bs]["times_ms"]) == 3 for i in data["items"] for bs in ("1", "4"))
+    assert "the paired timing phase after training" in report
     # The report is rebuilt from result files alone.
     # (--allow-contended: this test is about regeneration, not about how quiet the test machine is)
     p2 = cli("slimbench", "report", str(run), "--out", str(tmp_path / "again"), "--allow-contended")
