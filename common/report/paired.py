@@ -53,6 +53,15 @@ def _timed(st: dict) -> list[tuple[str, dict, str]]:
     return kind.timed_artifacts(st) if st.get("status") == "ok" and kind is not None else []
 
 
+def _latencies(st: dict) -> int:
+    """How many latency figures a stage record holds (results from before export records named their entry file
+    cannot be re-timed, but were timed)."""
+    kind = stage_type(st.get("type", ""))
+    if st.get("status") != "ok" or kind is None:
+        return 0
+    return sum(1 for group, *_ in kind.timings(st) if group == "latency")
+
+
 def _pooled(entries: list[dict]) -> dict:
     """One latency record from several rounds' records of one batch size: every timed call pooled, the window
     with the most background load kept (a single contended round is enough to flag the figure)."""
@@ -64,10 +73,10 @@ def _pooled(entries: list[dict]) -> dict:
 
 def with_paired_latency(run_dir: Path, results: list[dict]) -> tuple[list[dict], dict]:
     """Copies of `results` with each re-timed artifact's latency replaced by the paired phase's, and what was
-    done: {"rounds": {backend: rounds per seed}, "retimed": artifacts re-timed, "timed": artifacts measured at all,
+    done: {"rounds": {backend: rounds per seed}, "retimed": artifacts re-timed, "timed": latency figures at all,
     "stale": rounds not used}. Results without current rounds keep their per-stage latency."""
     rounds = _rounds_by_result(run_dir)
-    info: dict = {"rounds": {}, "retimed": 0, "stale": 0, "timed": sum(len(_timed(st)) for r in results
+    info: dict = {"rounds": {}, "retimed": 0, "stale": 0, "timed": sum(_latencies(st) for r in results
                                                                      for st in r.get("stages", []))}
     if not rounds:
         return results, info
