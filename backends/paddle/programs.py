@@ -37,9 +37,10 @@ class OnednnDepthwiseProgram:
     `onednn_ops` and `native_grad_ops` exist for benchmarks/paddle_cpu_training.py's trials (issue 20, item 2):
     a grad op inherits its forward op's use_mkldnn when Paddle appends the backward, so `native_grad_ops` switches
     those back to the native kernels in the training program (e.g. conv2d forward on oneDNN, conv2d_grad native,
-    whose oneDNN weight gradients are wrong). The defaults are what slimbench trains with."""
+    whose oneDNN weight gradients are wrong). The defaults (ONEDNN_OPS, read when a program is first built, and no
+    native grad ops) are what slimbench trains with."""
 
-    def __init__(self, layer: nn.Layer, mode_of: nn.Layer | None = None, onednn_ops: tuple[str, ...] = ONEDNN_OPS,
+    def __init__(self, layer: nn.Layer, mode_of: nn.Layer | None = None, onednn_ops: tuple[str, ...] | None = None,
                  native_grad_ops: tuple[str, ...] = ()):
         self.layer, self.mode_of = layer, mode_of  # mode_of: whose train/eval mode picks the program per call
         self.onednn_op_types, self.native_grad_ops = onednn_ops, native_grad_ops
@@ -56,7 +57,8 @@ class OnednnDepthwiseProgram:
         # The program this call will run: to_static keys them on the mode too, and defaults is_train to True.
         _, program = self.static.get_concrete_program(*inputs, is_train=self.layer.training)
         if not getattr(program, "_slimbench_onednn", False):
-            ops = [op for op in program._origin_main_program.global_block().ops if op.type in self.onednn_op_types]
+            types = ONEDNN_OPS if self.onednn_op_types is None else self.onednn_op_types  # the module's, when run
+            ops = [op for op in program._origin_main_program.global_block().ops if op.type in types]
             for op in ops:
                 op._set_attr("use_mkldnn", True)
             if self.native_grad_ops and self.layer.training:
