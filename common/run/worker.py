@@ -33,8 +33,7 @@ from common.recipe.loader import Recipe, validate
 from common.run import paired_timing
 from common.run.runner import file_command, worker_env
 from common.results import SCHEMA_VERSION, atomic_write_json, init_dir, read_json, seed_dir, timing_round_path
-from common.stages.loop import RunContext
-from common.stages.quantize import artifact_from_record
+from common.stages.loop import RunContext, artifact_from_record
 from common.stages.registry import stage_types
 from common.sysinfo import platform_info
 from common.weights import WeightsError, file_sha256, fit_checkpoint, read_canonical_npz, reader_of

@@ -14,7 +14,7 @@ from common.report.markdown_table import table
 from common.metrics import classification_metrics, latency_summary, logit_difference, time_calls
 from common.pruning import name_artifact_layers, pruned_layer_sparsity
 from common.report.index import ReportIndex, batch_order, fmt_count, fmt_values
-from common.stages.loop import RunContext, compressed_size, predict_validation
+from common.stages.loop import RunContext, artifact_record, compressed_size, predict_validation
 from common.stages.registry import MetricFactory, ModelsSlots, RowSink, Stage, StageType, register
 
 
@@ -53,9 +53,7 @@ def run_export(ctx: RunContext, stage: Stage) -> dict[str, Any]:
             latency[str(bs)] = {**latency_summary(times), "load": load.record()}
             if load.warning(f"{slot}'s batch-{bs} latency"):
                 ctx.progress.say(load.warning(f"{slot}'s batch-{bs} latency"))
-        rec = {"format": artifact.format, "files": [str(f.relative_to(ctx.out_dir)) for f in artifact.files],
-               "entry": str(artifact.entry.relative_to(ctx.out_dir)), "extra": artifact.extra,
-               "size_bytes": artifact.size_bytes, "size_mb": artifact.size_bytes / 1e6, **stats,
+        rec = {**artifact_record(artifact, ctx.out_dir), **stats,
                # Dense kernels store zeros like any other value: sparsity only shrinks a compressed file.
                "compressed_bytes": compressed_size(artifact.files) if stats["sparsity"]["overall"] > 0.01 else None,
                "runtime": ctx.backend.runtime_name(), "threads": ctx.threads,

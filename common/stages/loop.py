@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from backends.base import Backend, StepRunner
+from backends.base import Backend, ExportedArtifact, StepRunner
 from common.config import ModelConfig, OptimizerConfig, ScheduleConfig
 from common.data import BatchStream
 from common.errors import SlimbenchError, TrainingDiverged
@@ -189,3 +189,15 @@ def start_from_reference(ctx: RunContext, stage: Stage, model: Any) -> str:
     ctx.backend.load_numpy_state(model, dict(np.load(path)))
     ctx.progress.say(f"{stage.name}: starts from {ref}'s trained '{src}' weights ({path.name})")
     return f"{ref}'s trained weights of '{src}'"
+
+
+def artifact_record(artifact: ExportedArtifact, root: Path) -> dict[str, Any]:
+    return {"format": artifact.format, "files": [str(f.relative_to(root)) for f in artifact.files],
+            "entry": str(artifact.entry.relative_to(root)), "extra": artifact.extra,
+            "size_bytes": artifact.size_bytes, "size_mb": artifact.size_bytes / 1e6}
+
+
+def artifact_from_record(rec: dict[str, Any], root: Path) -> ExportedArtifact:
+    """The artifact a finished stage recorded (resume reopens an int8 one; the paired timing phase re-times any)."""
+    return ExportedArtifact(format=rec["format"], files=[root / f for f in rec["files"]], entry=root / rec["entry"],
+                            extra=dict(rec.get("extra", {})))

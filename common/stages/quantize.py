@@ -24,7 +24,8 @@ from common.report.markdown_table import table
 from common.metrics import classification_metrics, latency_summary, paired_predictions, time_alternating
 from common.report.index import ReportIndex, batch_order, delta_table
 from common.schema import bounds
-from common.stages.loop import RunContext, fit, predict_validation, start_from_reference
+from common.stages.loop import (RunContext, artifact_from_record, artifact_record, fit, predict_validation,
+                               start_from_reference)
 from common.stages.registry import MetricFactory, RowSink, SlotState, Stage, StageType, register
 
 
@@ -77,18 +78,6 @@ def calibration_batches(ctx: RunContext, n: int) -> list[np.ndarray]:
                 break
         epoch += 1
     return out
-
-
-def _artifact_record(artifact: ExportedArtifact, root: Path) -> dict[str, Any]:
-    return {"format": artifact.format, "files": [str(f.relative_to(root)) for f in artifact.files],
-            "entry": str(artifact.entry.relative_to(root)), "extra": artifact.extra,
-            "size_bytes": artifact.size_bytes, "size_mb": artifact.size_bytes / 1e6}
-
-
-def artifact_from_record(rec: dict[str, Any], root: Path) -> ExportedArtifact:
-    """The int8 artifact a finished quantize stage recorded (resume reopens it instead of re-quantizing)."""
-    return ExportedArtifact(format=rec["format"], files=[root / f for f in rec["files"]], entry=root / rec["entry"],
-                            extra=dict(rec.get("extra", {})))
 
 
 def run_quantize(ctx: RunContext, stage: Stage) -> dict[str, Any]:
@@ -152,9 +141,9 @@ def measure_pair(ctx: RunContext, stage: Stage, fp32_artifact: ExportedArtifact,
             ctx.progress.say(load.warning(f"the batch-{bs} int8/fp32 latency"))
         speedup[str(bs)] = fp32_lat[str(bs)]["p50_ms"] / int8_lat[str(bs)]["p50_ms"]
     root = ctx.out_dir
-    fp32_rec = {**_artifact_record(fp32_artifact, root), "runtime": ctx.backend.runtime_name(), **fp32_acc,
+    fp32_rec = {**artifact_record(fp32_artifact, root), "runtime": ctx.backend.runtime_name(), **fp32_acc,
                 "latency": fp32_lat}
-    int8_rec = {**_artifact_record(qm.artifact, root), "runtime": qm.info["runtime"], "engine": qm.info["engine"],
+    int8_rec = {**artifact_record(qm.artifact, root), "runtime": qm.info["runtime"], "engine": qm.info["engine"],
                 **int8_acc, "latency": int8_lat}
     size_ratio = int8_rec["size_bytes"] / fp32_rec["size_bytes"]
     b1 = str(cfg.measure.batch_sizes[0])
