@@ -132,7 +132,8 @@ class Distiller(Trainer):
             self.teacher_forward = (OnednnDepthwiseProgram(tapped, mode_of=teacher)
                                     if onednn_depthwise and depthwise_conv_count(teacher) else tapped)
         else:  # looked up once: the frozen teacher's parameters cannot change while it distils
-            self.teacher_forward = (forward_program(teacher, "predict") if onednn_depthwise else None) or teacher
+            program = forward_program(teacher, "predict", eval_mode=True) if onednn_depthwise else None
+            self.teacher_forward = program or teacher
         self.tools = dict(TOOLS) if plan.student_layers() else {"losses": TOOLS["losses"]}
         if self.program is not None:
             self.tools["program"] = ("the student's objective (loss terms, taps and adapters included) trains as "
