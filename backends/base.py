@@ -214,6 +214,11 @@ class Exporting(Protocol):
 
     def export(self, model: Any, example: np.ndarray, out_dir: Path) -> ExportedArtifact: ...
 
+    def export_onnx(self, model: Any, artifact: ExportedArtifact, example: np.ndarray,
+                    out_dir: Path) -> ExportedArtifact:
+        """The same model as an ONNX file for ONNX Runtime, by the framework's own converter (from the model or
+        from `artifact`, whichever the converter takes); raises if the converter cannot convert it."""
+
 
 class Runtimes(Protocol):
     """The deployment runtime an artifact is measured on (`backends/<name>/measure.py`)."""

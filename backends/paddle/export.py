@@ -7,6 +7,7 @@ from typing import Iterator
 
 import numpy as np
 import paddle
+import paddle2onnx
 from paddle import nn
 
 from backends.base import ExportedArtifact
@@ -41,6 +42,28 @@ def export_model(model: nn.Layer, example: np.ndarray, out_dir: Path) -> Exporte
                             entry=prefix.with_suffix(".pdmodel"))
 
 
+ONNX_OPSET = 13
+
+
+def export_onnx(artifact: ExportedArtifact, out_dir: Path) -> ExportedArtifact:
+    """The saved inference model converted by paddle2onnx (1.3.x: 2.x needs onnx<=1.17 and fails on int8), the
+    tool PaddlePaddle documents for ONNX deployment; the batch dimension stays dynamic as saved."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path, tmp = out_dir / "model.onnx", out_dir / "model.tmp.onnx"
+    paddle2onnx.export(str(artifact.entry), str(artifact.entry.with_suffix(".pdiparams")), str(tmp),
+                       opset_version=ONNX_OPSET, verbose=False, enable_onnx_checker=True)
+    if not tmp.is_file():
+        raise RuntimeError(f"paddle2onnx {paddle2onnx.__version__} did not write {tmp}")
+    tmp.replace(path)
+    return ExportedArtifact(format=f"ONNX (opset {ONNX_OPSET}, paddle2onnx {paddle2onnx.__version__})",
+                            files=[path], entry=path)
+
+
 class Exporting:
-    """backends.base.Exporting on Paddle: a Paddle inference model written by paddle.jit.save."""
+    """backends.base.Exporting on Paddle: a Paddle inference model written by paddle.jit.save, and its ONNX
+    conversion by paddle2onnx."""
     export = staticmethod(export_model)
+
+    def export_onnx(self, model: nn.Layer, artifact: ExportedArtifact, example: np.ndarray,
+                    out_dir: Path) -> ExportedArtifact:
+        return export_onnx(artifact, out_dir)

@@ -55,9 +55,34 @@ def _export(model: nn.Module, example: np.ndarray, out_dir: Path) -> ExportedArt
     return ExportedArtifact(format="torch.export (.pt2)", files=[path], entry=path)
 
 
+ONNX_OPSET = 17
+
+
+def export_onnx(model: nn.Module, example: np.ndarray, out_dir: Path) -> ExportedArtifact:
+    """The model as ONNX for ONNX Runtime, by torch.onnx.export's TorchScript-based exporter with a dynamic batch
+    dimension. Why not from the .pt2 file: the exporter cannot trace an ExportedProgram's module ("Calling
+    train() is not supported"), and the dynamo exporter needs onnxscript; the stage checks the ONNX outputs
+    against the .pt2 artifact's, so the two files are shown to be one model."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.eval()
+    device = next(model.parameters()).device
+    path, tmp = out_dir / "model.onnx", out_dir / "model.tmp.onnx"
+    with _frozen(model), torch.no_grad():
+        torch.onnx.export(model, (torch.from_numpy(example).to(device),), str(tmp), dynamo=False,
+                          input_names=["x"], output_names=["logits"], opset_version=ONNX_OPSET,
+                          dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}})
+    tmp.replace(path)
+    return ExportedArtifact(format=f"ONNX (opset {ONNX_OPSET}, torch.onnx.export, TorchScript-based)",
+                            files=[path], entry=path)
+
+
 class Exporting:
     """backends.base.Exporting on torch: a torch.export program of the model without pruning
-    reparametrizations (masked weights folded in, so the file holds plain tensors)."""
+    reparametrizations (masked weights folded in, so the file holds plain tensors), and its ONNX twin."""
 
     def export(self, model: nn.Module, example: np.ndarray, out_dir: Path) -> ExportedArtifact:
         return export_model(without_reparametrization(model), example, out_dir)
+
+    def export_onnx(self, model: nn.Module, artifact: ExportedArtifact, example: np.ndarray,
+                    out_dir: Path) -> ExportedArtifact:
+        return export_onnx(without_reparametrization(model), example, out_dir)

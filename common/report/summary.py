@@ -28,8 +28,9 @@ def decision_section(results: list[dict], backends: list[str], blocked: Blocker 
             out.append(f"### {title(b)} against {title(a)}\n\n")
         out += [f"Mean ± std over {len(seeds)} seed(s); difference = {title(b)} − {title(a)}, paired by seed, with "
                 "its 95% Student-t interval; *significant* means the interval excludes zero. Accuracy in % "
-                "(difference in points), sizes from the files on disk, latency on each framework's deployment "
-                "runtime.\n\n",
+                "(difference in points), sizes from the files on disk. Latency rows without a runtime name are each "
+                "framework's own runtime (different runtimes, so the difference mixes framework and runtime); rows "
+                "*on ONNX Runtime* run both frameworks' converted files on one runtime, like with like.\n\n",
                 *(f"- {line}\n" for line in headline(metrics, a, b, blocked)), "\n",
                 table(["", "what", title(a), title(b), "difference [95% CI]", "ahead"],
                       decision_rows(metrics, a, b, blocked=blocked)), "\n"]

@@ -32,6 +32,7 @@ from common.config import ModelConfig
 from common.recipe.loader import Recipe, validate
 from common.run import paired_timing
 from common.run.runner import file_command, worker_env
+from common import onnx_runtime
 from common.results import SCHEMA_VERSION, atomic_write_json, init_dir, read_json, seed_dir, timing_round_path
 from common.stages.loop import RunContext, artifact_from_record
 from common.stages.registry import stage_types
@@ -362,6 +363,7 @@ def cmd_time(run_dir: Path, backend_name: str, seed: int, threads: int, round_no
             artifact = artifact_from_record(item["record"], sdir)
             ident = f"{item['stage']}.{item['key']}"
             loaded[ident] = (backend.load_artifact(artifact, threads) if item["kind"] == "fp32"
+                             else onnx_runtime.load_predictor(artifact.entry, threads) if item["kind"] == "onnx"
                              else backend.load_quantized(artifact, threads).predict)
             record["items"].append({"stage": item["stage"], "key": item["key"], "kind": item["kind"],
                                     "runtime": item["record"].get("runtime"), "latency": {}})

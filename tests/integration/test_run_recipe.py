@@ -39,6 +39,12 @@ def check_result(r: dict) -> None:
     ex = r["stages"][4]["models"]["teacher"]
     assert ex["size_bytes"] > 0 and ex["macs"] > 0 and ex["latency"]["1"]["p50_ms"] > 0
     assert ex["artifact_top1"] == pytest.approx(ev["teacher"]["top1"], abs=0.02)
+    # The same artifact converted by the framework's converter runs on ONNX Runtime and agrees with it.
+    ort = ex["runtimes"]["onnxruntime"]
+    assert ort["status"] == "ok", ort.get("reason")
+    assert ort["vs_artifact"]["argmax_agree"] == 1.0 and ort["vs_artifact"]["max_rel"] < 1e-4
+    assert ort["artifact_top1"] == pytest.approx(ex["artifact_top1"], abs=0.02)
+    assert ort["runtime"].startswith("ONNX Runtime") and ort["latency"]["1"]["p50_ms"] > 0
 
 
 @pytest.mark.torch
@@ -77,6 +83,8 @@ def test_smoke_all_backends_same_data_and_report(tmp_path: Path):
     report = (run / "report.md").read_text()
     for text in ("PyTorch top-1", "PaddlePaddle top-1", "Knowledge-distillation gain", "initial-weight parity",
                  "split hash", "Paddle Inference", "torch.export", "batch 1 latency p50 / p90 ms",
+                 "## The same artifacts on ONNX Runtime (neutral ground)", "paddle2onnx 1.3", "torch.onnx.export",
+                 "| latency | batch 1 p50 `student_kd` on ONNX Runtime |",
                  "PyTorch CPU training (runtime.cpu_tuning): models with depthwise convolutions train in channels_last",
                  "PaddlePaddle CPU training (runtime.cpu_tuning): models with depthwise convolutions train, predict"):
         assert text in report, text
@@ -98,7 +106,9 @@ def test_smoke_all_backends_same_data_and_report(tmp_path: Path):
         assert data["status"] == "ok", data.get("error")
         assert data["result_finished_at"] == res[backend]["finished_at"]
         exported = set(res[backend]["stages"][4]["models"])
-        assert {(i["stage"], i["key"]) for i in data["items"]} == {("export", f"models.{s}") for s in exported}
+        assert {(i["stage"], i["key"], i["kind"]) for i in data["items"]} == (
+            {("export", f"models.{s}", "fp32") for s in exported}
+            | {("export", f"models.{s}.runtimes.onnxruntime", "onnx") for s in exported})
         assert all(len(i["latency"][bs]["times_ms"]) == 3 for i in data["items"] for bs in ("1", "4"))
     assert "the paired timing phase after training" in report
     # The report is rebuilt from result files alone.

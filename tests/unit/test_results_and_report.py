@@ -225,3 +225,36 @@ def test_compare_two_runs_pairs_seeds_and_names_what_differs(tmp_path: Path):
     # B - A per seed: +5 and +10 pts -> +7.50, sd 3.54, half width 12.706 * 3.536 / sqrt(2) = 31.77
     assert "| accuracy | top-1 `net` | PyTorch | 55.00% ± 7.07 | 62.50% ± 10.61 | +7.50 [-24.27, +39.27] | " \
            "+13.6% | within seed noise |" in text
+
+
+def _export_stage(ref_ms: float, onnx: dict) -> dict:
+    lat = lambda ms: {"1": {"p50_ms": ms, "p90_ms": ms * 1.1}}  # noqa: E731
+    return {"name": "export", "type": "export", "status": "ok", "models": {"student": {
+        "format": "fmt", "files": ["artifacts/student/m"], "entry": "artifacts/student/m", "extra": {},
+        "size_bytes": 1_000_000, "size_mb": 1.0, "params": 1000, "macs": 2000, "flops": 4000,
+        "runtime": "own-rt", "threads": 2, "artifact_top1": 0.9, "latency": lat(ref_ms),
+        "runtimes": {"onnxruntime": onnx}}}}
+
+
+def test_onnx_runtime_section_rows_and_unavailable_reasons(tmp_path: Path):
+    lat = {"1": {"p50_ms": 0.5, "p90_ms": 0.6}}
+    torch_r = _result("torch", 0, {"student": 0.9})
+    torch_r["stages"].append(_export_stage(4.0, {
+        "status": "ok", "format": "ONNX (opset 17)", "files": ["artifacts/student.onnx/model.onnx"],
+        "entry": "artifacts/student.onnx/model.onnx", "extra": {}, "size_bytes": 10, "size_mb": 1e-5,
+        "runtime": "ONNX Runtime 9 (CPU)", "threads": 2, "artifact_top1": 0.9, "latency": lat,
+        "vs_artifact": {"max_abs": 2.5e-7, "max_rel": 1e-7, "ref_scale": 3.0, "argmax_agree": 1.0}}))
+    paddle_r = _result("paddle", 0, {"student": 0.9})
+    paddle_r["stages"].append(_export_stage(3.0, {"status": "unavailable", "runtime": "ONNX Runtime 9 (CPU)",
+                                                  "reason": "RuntimeError: op fancy is not supported"}))
+    run = _write_run(tmp_path, [torch_r, paddle_r])
+    md = build_markdown(run, load_results(run), META)
+    assert "## The same artifacts on ONNX Runtime (neutral ground)" in md
+    assert "| `student` | PyTorch | ONNX (opset 17) | 2.5e-07 | 100.00% | 90.00% | 0.50 (own runtime 4.00) |" in md
+    assert "- PaddlePaddle `student`: unavailable on ONNX Runtime (RuntimeError: op fancy is not supported)." in md
+    # like with like: the ONNX Runtime row compares nothing where one side did not convert
+    assert "| latency | batch 1 p50 `student` | 4.00 ms | 3.00 ms |" in md
+    assert "| latency | batch 1 p50 `student` on ONNX Runtime | 0.50 ms | – | – |" in md
+    rows = {x["metric"]: x["value"] for x in flat_rows(load_results(run)) if x["stage"] == "export"
+            and x["backend"] == "torch"}
+    assert rows["onnxruntime_latency_b1_p50_ms"] == 0.5 and rows["onnxruntime_max_abs_logit_diff"] == 2.5e-7
