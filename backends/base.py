@@ -214,6 +214,12 @@ class Exporting(Protocol):
 
     def export(self, model: Any, example: np.ndarray, out_dir: Path) -> ExportedArtifact: ...
 
+    def export_candidates(self, model: Any, artifact: ExportedArtifact, example: np.ndarray,
+                          out_dir: Path) -> list[ExportedArtifact]:
+        """Other deployment paths of the same model on the framework's own stack (files, or the same files with
+        another runtime in `extra["runtime"]`), from which the export stage's `best` runtime is chosen by
+        measurement; `load_artifact` and `runtime_name` take each of them."""
+
     def export_onnx(self, model: Any, artifact: ExportedArtifact, example: np.ndarray,
                     out_dir: Path) -> ExportedArtifact:
         """The same model as an ONNX file for ONNX Runtime, by the framework's own converter (from the model or
@@ -229,7 +235,8 @@ class Runtimes(Protocol):
     def artifact_stats(self, artifact: ExportedArtifact, input_shape: tuple[int, ...]) -> dict[str, Any]:
         """Params and MACs/FLOPs counted from the exported artifact itself."""
 
-    def runtime_name(self) -> str: ...
+    def runtime_name(self, artifact: ExportedArtifact | None = None) -> str:
+        """The runtime `load_artifact` runs the artifact on (without one: the reference runtime)."""
 
 
 # Backend module -> the concern it implements, as a class of the same name as the protocol. A backend package

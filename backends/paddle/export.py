@@ -1,6 +1,7 @@
 """Deployable fp32 artifact: a Paddle inference model (`paddle.jit.save`: .pdmodel + .pdiparams)."""
 from __future__ import annotations
 
+import dataclasses
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -63,6 +64,12 @@ class Exporting:
     """backends.base.Exporting on Paddle: a Paddle inference model written by paddle.jit.save, and its ONNX
     conversion by paddle2onnx."""
     export = staticmethod(export_model)
+
+    def export_candidates(self, model: nn.Layer, artifact: ExportedArtifact, example: np.ndarray,
+                          out_dir: Path) -> list[ExportedArtifact]:
+        """The same files on Paddle Inference's native CPU kernels (oneDNN off): the other CPU configuration
+        Paddle Inference offers; which is faster depends on the model and the CPU."""
+        return [dataclasses.replace(artifact, extra={**artifact.extra, "runtime": "native"})]
 
     def export_onnx(self, model: nn.Layer, artifact: ExportedArtifact, example: np.ndarray,
                     out_dir: Path) -> ExportedArtifact:

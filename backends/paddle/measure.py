@@ -14,12 +14,17 @@ from common.pruning import sparsity_of
 RUNTIME = "Paddle Inference (AnalysisPredictor, oneDNN, IR optim on)"
 
 
+NATIVE = "Paddle Inference (AnalysisPredictor, native CPU kernels, IR optim on)"
+
+
 def load_predictor(artifact: ExportedArtifact, threads: int, int8: bool = False) -> Callable[[np.ndarray], np.ndarray]:
-    """A Paddle Inference predictor; `int8` turns on oneDNN's int8 kernels for a quantized model."""
+    """A Paddle Inference predictor; `int8` turns on oneDNN's int8 kernels for a quantized model. The artifact's
+    extra `runtime: native` (a deployment candidate, export stage's `best`) leaves oneDNN off."""
     params = artifact.entry.with_suffix(".pdiparams")
     config = inference.Config(str(artifact.entry), str(params))
     config.disable_gpu()
-    config.enable_mkldnn()
+    if artifact.extra.get("runtime") != "native":
+        config.enable_mkldnn()
     if int8:
         config.enable_mkldnn_int8()
     config.set_cpu_math_library_num_threads(threads)
@@ -91,5 +96,6 @@ class Runtimes:
 
     artifact_stats = staticmethod(artifact_stats)
 
-    def runtime_name(self) -> str:
-        return RUNTIME + " on CPU"
+    def runtime_name(self, artifact: ExportedArtifact | None = None) -> str:
+        native = artifact is not None and artifact.extra.get("runtime") == "native"
+        return (NATIVE if native else RUNTIME) + " on CPU"

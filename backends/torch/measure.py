@@ -13,8 +13,18 @@ from common.pruning import sparsity_of
 RUNTIME = "PyTorch eager (torch.export program .module(), inference_mode)"
 
 
+RUNTIMES = {"torchscript": "PyTorch TorchScript (traced, frozen at load)",
+            "torchscript-optimized": "PyTorch TorchScript (traced, optimize_for_inference at load)"}
+
+
 def load_predictor(artifact: ExportedArtifact, device: torch.device) -> Callable[[np.ndarray], np.ndarray]:
-    module = torch.export.load(str(artifact.entry)).module()
+    kind = artifact.extra.get("runtime")
+    if kind == "torchscript":
+        module = torch.jit.freeze(torch.jit.load(str(artifact.entry), map_location=device).eval())
+    elif kind == "torchscript-optimized":
+        module = torch.jit.optimize_for_inference(torch.jit.load(str(artifact.entry), map_location=device).eval())
+    else:
+        module = torch.export.load(str(artifact.entry)).module()
 
     def predict(x: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
@@ -52,5 +62,6 @@ class Runtimes:
     def artifact_stats(self, artifact: ExportedArtifact, input_shape: tuple[int, ...]) -> dict[str, Any]:
         return artifact_stats(artifact, input_shape, self.device)
 
-    def runtime_name(self) -> str:
-        return RUNTIME + (" on CUDA" if self.device.type == "cuda" else " on CPU")
+    def runtime_name(self, artifact: ExportedArtifact | None = None) -> str:
+        name = RUNTIMES.get(artifact.extra.get("runtime"), RUNTIME) if artifact is not None else RUNTIME
+        return name + (" on CUDA" if self.device.type == "cuda" else " on CPU")

@@ -29,8 +29,10 @@ def decision_section(results: list[dict], backends: list[str], blocked: Blocker 
         out += [f"Mean ± std over {len(seeds)} seed(s); difference = {title(b)} − {title(a)}, paired by seed, with "
                 "its 95% Student-t interval; *significant* means the interval excludes zero. Accuracy in % "
                 "(difference in points), sizes from the files on disk. Latency rows without a runtime name are each "
-                "framework's own runtime (different runtimes, so the difference mixes framework and runtime); rows "
-                "*on ONNX Runtime* run both frameworks' converted files on one runtime, like with like.\n\n",
+                "framework's reference runtime (different runtimes, so the difference mixes framework and runtime); "
+                "rows *on each framework's best runtime* compare the fastest correct deployment each framework's "
+                "own stack offers (named in its section); rows *on ONNX Runtime* run both frameworks' converted "
+                "files on one runtime, like with like.\n\n",
                 *(f"- {line}\n" for line in headline(metrics, a, b, blocked)), "\n",
                 table(["", "what", title(a), title(b), "difference [95% CI]", "ahead"],
                       decision_rows(metrics, a, b, blocked=blocked)), "\n"]

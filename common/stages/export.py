@@ -14,7 +14,8 @@ from common.backend_names import title
 from common.config import MeasureConfig
 from common.load import LoadMeter
 from common.report.markdown_table import table
-from common.metrics import classification_metrics, latency_summary, logit_difference, time_calls
+from common.metrics import (classification_metrics, latency_summary, logit_difference, time_alternating,
+                             time_calls)
 from common.pruning import name_artifact_layers, pruned_layer_sparsity
 from common.report.index import ReportIndex, batch_order, fmt_count, fmt_values
 from common.stages.loop import RunContext, artifact_record, compressed_size, predict_validation
@@ -28,7 +29,9 @@ class ExportStage(ModelsSlots):
     measure: MeasureConfig = MeasureConfig()
     # Runtimes each artifact is measured on beside its framework's own (the `reference` runtime, always
     # measured): `onnxruntime` converts it with the framework's converter and runs it on ONNX Runtime.
-    runtimes: tuple[Literal["onnxruntime"], ...] = ("onnxruntime",)
+    # `best`: the fastest correct deployment on the framework's own stack, chosen by measurement among the
+    # reference runtime and the backend's candidates (export_candidates).
+    runtimes: tuple[Literal["best", "onnxruntime"], ...] = ("best", "onnxruntime")
 
 
 def time_batches(ctx: RunContext, what: str, predict: Callable[[np.ndarray], np.ndarray],
@@ -59,7 +62,7 @@ def on_onnxruntime(ctx: RunContext, stage: Stage, slot: str, model: Any, artifac
         probe = ctx.stream.val_images(ctx.recipe.parity.probe_batch)
         check = logit_difference(artifact_predict(probe), predict(probe))
     except Exception as e:  # recorded and reported: a conversion failure is a finding, not a crash
-        reason = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"[:300]
+        reason = failure_reason(e)
         ctx.progress.say(f"{stage.name}: {slot} on ONNX Runtime unavailable ({reason})")
         return {"status": "unavailable", "reason": reason, "runtime": onnx_runtime.runtime_name()}
     acc = classification_metrics(*predict_validation(predict, ctx.stream))
@@ -68,6 +71,77 @@ def on_onnxruntime(ctx: RunContext, stage: Stage, slot: str, model: Any, artifac
                      f"top-1 agreement {check['argmax_agree'] * 100:.1f}%, top1 {acc['top1'] * 100:.2f}%")
     return {"status": "ok", **artifact_record(onnx, ctx.out_dir), "runtime": onnx_runtime.runtime_name(),
             "threads": ctx.threads, "vs_artifact": check, "artifact_top1": acc["top1"], "latency": latency}
+
+
+BEST_TOLERANCE = 1e-3  # max logit difference relative to the artifact's largest logit, and top-1 agreement 1.0
+
+
+def failure_reason(e: Exception) -> str:
+    """The exception's type and first line: what a report can show of why a path is unavailable."""
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"[:300]
+
+
+def on_best(ctx: RunContext, stage: Stage, slot: str, model: Any, artifact: Any,
+            artifact_predict: Callable[[np.ndarray], np.ndarray]) -> dict[str, Any]:
+    """The framework's fastest correct deployment on its own stack: the reference runtime and each candidate the
+    backend offers (export_candidates) are checked against the artifact on the probe batch and timed in
+    alternation at the stage's first batch size; the fastest correct one is measured at every batch size. Every
+    candidate's figures are recorded, and a candidate that fails is recorded with its reason."""
+    cfg: ExportStage = stage.config
+    bs0 = cfg.measure.batch_sizes[0]
+    probe = ctx.stream.val_images(ctx.recipe.parity.probe_batch)
+    expected = artifact_predict(probe)
+    reference_name = ctx.backend.runtime_name()
+    found: list[tuple[Any, Callable[[np.ndarray], np.ndarray]]] = []
+    candidates: list[dict[str, Any]] = []
+    try:
+        offered = ctx.backend.export_candidates(model, artifact, ctx.stream.val_images(2),
+                                                ctx.out_dir / "artifacts" / f"{slot}.candidates")
+    except Exception as e:  # recorded and reported: the reference runtime stays the best one measured
+        offered = []
+        candidates.append({"runtime": "(the backend's candidates)", "status": "unavailable",
+                           "reason": failure_reason(e)})
+    for cand in offered:
+        name = ctx.backend.runtime_name(cand)
+        try:
+            predict = ctx.backend.load_artifact(cand, ctx.threads)
+            check = logit_difference(expected, predict(probe))
+        except Exception as e:  # recorded and reported, as above
+            candidates.append({"runtime": name, "format": cand.format, "status": "unavailable",
+                               "reason": failure_reason(e)})
+            continue
+        correct = check["argmax_agree"] == 1.0 and check["max_rel"] < BEST_TOLERANCE
+        candidates.append({"runtime": name, "format": cand.format, "status": "ok" if correct else "incorrect",
+                           "vs_artifact": check})
+        if correct:
+            found.append((cand, predict))
+    x = ctx.stream.val_images(bs0)
+    fns = {reference_name: lambda: artifact_predict(x)}
+    fns.update({ctx.backend.runtime_name(c): (lambda p=p: p(x)) for c, p in found})
+    ctx.progress.say(f"{stage.name}: {slot}: choosing the fastest of {len(fns)} deployment path(s) at batch {bs0}, "
+                     f"alternating ({cfg.measure.warmup} warm-up, {cfg.measure.repeats} timed each)")
+    with LoadMeter() as load:
+        times = time_alternating(fns, cfg.measure.warmup, cfg.measure.repeats)
+    p50 = {name: latency_summary(t)["p50_ms"] for name, t in times.items()}
+    for c in candidates:
+        if c["runtime"] in p50:
+            c[f"batch_{bs0}_p50_ms"] = p50[c["runtime"]]
+    candidates.insert(0, {"runtime": reference_name, "format": artifact.format, "status": "ok", "reference": True,
+                          f"batch_{bs0}_p50_ms": p50[reference_name]})
+    chosen = min(p50, key=p50.__getitem__)
+    record: dict[str, Any] = {"status": "ok", "chosen": chosen, "chosen_at_batch": bs0, "candidates": candidates,
+                              "selection_load": load.record()}
+    if chosen == reference_name:
+        ctx.progress.say(f"{stage.name}: {slot}: the reference runtime is the fastest ({reference_name})")
+        return {**record, "is_reference": True}
+    cand, predict = next((c, p) for c, p in found if ctx.backend.runtime_name(c) == chosen)
+    acc = classification_metrics(*predict_validation(predict, ctx.stream))
+    latency = time_batches(ctx, f"{stage.name}: {slot} on {chosen}", predict, cfg.measure)
+    ctx.progress.say(f"{stage.name}: {slot}: fastest deployment {chosen}, top1 {acc['top1'] * 100:.2f}%")
+    return {**record, "is_reference": False, **artifact_record(cand, ctx.out_dir), "runtime": chosen,
+            "threads": ctx.threads, "vs_artifact": logit_difference(expected, predict(probe)),
+            "artifact_top1": acc["top1"], "latency": latency}
 
 
 def run_export(ctx: RunContext, stage: Stage) -> dict[str, Any]:
@@ -96,8 +170,11 @@ def run_export(ctx: RunContext, stage: Stage) -> dict[str, Any]:
                "compressed_bytes": compressed_size(artifact.files) if stats["sparsity"]["overall"] > 0.01 else None,
                "runtime": ctx.backend.runtime_name(), "threads": ctx.threads,
                "artifact_vs_model": agreement, "artifact_top1": acc["top1"], "latency": latency}
+        rec["runtimes"] = {}
+        if "best" in cfg.runtimes:
+            rec["runtimes"]["best"] = on_best(ctx, stage, slot, model, artifact, predict)
         if "onnxruntime" in cfg.runtimes:
-            rec["runtimes"] = {onnx_runtime.NAME: on_onnxruntime(ctx, stage, slot, model, artifact, predict)}
+            rec["runtimes"][onnx_runtime.NAME] = on_onnxruntime(ctx, stage, slot, model, artifact, predict)
         out[slot] = rec
         b1 = latency[str(cfg.measure.batch_sizes[0])]
         ctx.progress.say(f"{stage.name}: {slot} {rec['size_mb']:.2f} MB, {stats['macs'] / 1e6:.1f} MMACs, "
@@ -147,10 +224,58 @@ def artifacts_section(ix: ReportIndex) -> str:
     return "".join(out)
 
 
+def best_of(model_record: dict) -> list[dict]:
+    """The record whose latency is the model's best deployment: the best candidate's, or the model record itself
+    when the reference runtime was the fastest (none in results from before issue 14)."""
+    best = (model_record.get("runtimes") or {}).get("best")
+    if not best or best.get("status") != "ok":
+        return []
+    return [model_record if best["is_reference"] else best]
+
+
 def ok_onnx(model_record: dict) -> list[dict]:
     """The model's ONNX Runtime record, when it converted and ran (none in results from before issue 14)."""
     ort = (model_record.get("runtimes") or {}).get(onnx_runtime.NAME)
     return [ort] if ort and ort.get("status") == "ok" else []
+
+
+def best_section(ix: ReportIndex) -> str:
+    """Which deployment path was fastest for each model on each framework's own stack, with every candidate's
+    figure at the batch size the choice was made."""
+    rows = []
+    batch_sizes = sorted({bs for b in ix.backends for _, st in ix.stage_records(b, "export")
+                          for m in st["models"].values() for best in best_of(m) for bs in best["latency"]},
+                         key=batch_order)
+    for b in ix.backends:
+        per_slot: dict[str, list[tuple[dict, dict]]] = {}
+        for _, st in ix.stage_records(b, "export"):
+            for slot, m in st["models"].items():
+                best = (m.get("runtimes") or {}).get("best")
+                if best and best.get("status") == "ok":
+                    per_slot.setdefault(slot, []).append((m, best))
+        for slot, recs in per_slot.items():
+            chosen = sorted({best["chosen"] for _, best in recs})
+            tried = []
+            for c in recs[0][1]["candidates"]:
+                bs0 = recs[0][1]["chosen_at_batch"]
+                figure = c.get(f"batch_{bs0}_p50_ms")
+                state = (f"{figure:.2f} ms" if figure is not None and c["status"] == "ok"
+                         else c["status"] + (f": {c['reason']}" if c.get("reason") else ""))
+                tried.append(f"{c['runtime']} ({state})")
+            lat_cells = [fmt_values([lat[bs]["p50_ms"] for m, best in recs
+                                     for lat in [(m if best["is_reference"] else best)["latency"]] if bs in lat])
+                         for bs in batch_sizes]
+            rows.append([f"`{slot}`", title(b), " / ".join(chosen), "; ".join(tried)] + lat_cells)
+    if not rows:
+        return ""
+    return ("## Each framework's best runtime (chosen by measurement)\n\n"
+            + table(["model", "backend", "fastest correct path",
+                     "candidates (first seed's run, p50 at the first batch size)"]
+                    + [f"batch {bs} p50 ms" for bs in batch_sizes], rows)
+            + "\nEach candidate runs the same model on the framework's own stack; it counts only if its outputs "
+              f"match the exported artifact's (top-1 agreement 100%, max logit difference under "
+              f"{BEST_TOLERANCE:g} of the largest logit). They are timed in alternation; the fastest is then "
+              "measured at every batch size.\n\n")
 
 
 def onnx_section(ix: ReportIndex) -> str:
@@ -209,6 +334,10 @@ class Export(StageType):
             metric("size", f"file `{slot}`", " MB", False).add(backend, seed, m["size_mb"])
             for bs, lat in m["latency"].items():
                 metric("latency", f"batch {bs} p50 `{slot}`", " ms", False).add(backend, seed, lat["p50_ms"])
+            for best in best_of(m):  # each framework's fastest correct deployment on its own stack
+                for bs, lat in best["latency"].items():
+                    metric("latency", f"batch {bs} p50 `{slot}` on each framework's best runtime", " ms",
+                           False).add(backend, seed, lat["p50_ms"])
             for ort in ok_onnx(m):  # like with like: ONNX Runtime against ONNX Runtime
                 for bs, lat in ort["latency"].items():
                     metric("latency", f"batch {bs} p50 `{slot}` on ONNX Runtime", " ms",
@@ -221,6 +350,9 @@ class Export(StageType):
             for bs, lat in m["latency"].items():
                 for k in ("p50_ms", "p90_ms"):
                     add(result, record["name"], slot, f"latency_b{bs}_{k}", lat[k])
+            for best in best_of(m):
+                for bs, lat in best["latency"].items():
+                    add(result, record["name"], slot, f"best_latency_b{bs}_p50_ms", lat["p50_ms"])
             for ort in ok_onnx(m):
                 add(result, record["name"], slot, "onnxruntime_max_abs_logit_diff", ort["vs_artifact"]["max_abs"])
                 add(result, record["name"], slot, "onnxruntime_top1", ort["artifact_top1"])
@@ -229,11 +361,14 @@ class Export(StageType):
                         add(result, record["name"], slot, f"onnxruntime_latency_b{bs}_{k}", lat[k])
 
     def section(self, ix: ReportIndex, run_dir: Path, meta: dict) -> str:
-        return artifacts_section(ix) + onnx_section(ix)
+        return artifacts_section(ix) + best_section(ix) + onnx_section(ix)
 
     def timings(self, record: dict) -> list[tuple[str, str, str, dict | None]]:
         return ([("latency", slot, f"`{slot}`'s batch-{bs} latency", lat.get("load"))
                  for slot, m in record["models"].items() for bs, lat in m["latency"].items()]
+                + [("latency", slot, f"`{slot}`'s batch-{bs} latency on its best runtime", lat.get("load"))
+                   for slot, m in record["models"].items() for best in best_of(m) if best is not m
+                   for bs, lat in best["latency"].items()]
                 + [("latency", slot, f"`{slot}`'s batch-{bs} latency on ONNX Runtime", lat.get("load"))
                    for slot, m in record["models"].items() for ort in ok_onnx(m)
                    for bs, lat in ort["latency"].items()])
@@ -241,6 +376,8 @@ class Export(StageType):
     def timed_artifacts(self, record: dict) -> list[tuple[str, dict, str]]:
         # results written before export records named their entry file cannot be reopened
         return ([(f"models.{slot}", m, "fp32") for slot, m in record["models"].items() if "entry" in m]
+                + [(f"models.{slot}.runtimes.best", best, "fp32") for slot, m in record["models"].items()
+                   for best in best_of(m) if best is not m]
                 + [(f"models.{slot}.runtimes.onnxruntime", ort, "onnx") for slot, m in record["models"].items()
                    for ort in ok_onnx(m)])
 

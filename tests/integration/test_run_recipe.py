@@ -45,6 +45,14 @@ def check_result(r: dict) -> None:
     assert ort["vs_artifact"]["argmax_agree"] == 1.0 and ort["vs_artifact"]["max_rel"] < 1e-4
     assert ort["artifact_top1"] == pytest.approx(ex["artifact_top1"], abs=0.02)
     assert ort["runtime"].startswith("ONNX Runtime") and ort["latency"]["1"]["p50_ms"] > 0
+    # The fastest correct deployment on the framework's own stack, chosen among the reference and candidates.
+    best = ex["runtimes"]["best"]
+    assert best["status"] == "ok" and best["candidates"][0]["reference"] and len(best["candidates"]) >= 2
+    timed = [c for c in best["candidates"] if c["status"] == "ok"]
+    assert best["chosen"] == min(timed, key=lambda c: c["batch_1_p50_ms"])["runtime"]
+    assert best["is_reference"] == (best["chosen"] == ex["runtime"])
+    if not best["is_reference"]:
+        assert best["vs_artifact"]["argmax_agree"] == 1.0 and best["latency"]["1"]["p50_ms"] > 0
 
 
 @pytest.mark.torch
@@ -85,6 +93,8 @@ def test_smoke_all_backends_same_data_and_report(tmp_path: Path):
                  "split hash", "Paddle Inference", "torch.export", "batch 1 latency p50 / p90 ms",
                  "## The same artifacts on ONNX Runtime (neutral ground)", "paddle2onnx 1.3", "torch.onnx.export",
                  "| latency | batch 1 p50 `student_kd` on ONNX Runtime |",
+                 "## Each framework's best runtime (chosen by measurement)", "PyTorch TorchScript (traced",
+                 "| latency | batch 1 p50 `student_kd` on each framework's best runtime |",
                  "PyTorch CPU training (runtime.cpu_tuning): models with depthwise convolutions train in channels_last",
                  "PaddlePaddle CPU training (runtime.cpu_tuning): models with depthwise convolutions train, predict"):
         assert text in report, text
@@ -106,8 +116,11 @@ def test_smoke_all_backends_same_data_and_report(tmp_path: Path):
         assert data["status"] == "ok", data.get("error")
         assert data["result_finished_at"] == res[backend]["finished_at"]
         exported = set(res[backend]["stages"][4]["models"])
+        models = res[backend]["stages"][4]["models"]
         assert {(i["stage"], i["key"], i["kind"]) for i in data["items"]} == (
             {("export", f"models.{s}", "fp32") for s in exported}
+            | {("export", f"models.{s}.runtimes.best", "fp32") for s in exported
+               if not models[s]["runtimes"]["best"]["is_reference"]}
             | {("export", f"models.{s}.runtimes.onnxruntime", "onnx") for s in exported})
         assert all(len(i["latency"][bs]["times_ms"]) == 3 for i in data["items"] for bs in ("1", "4"))
     assert "the paired timing phase after training" in report

@@ -95,7 +95,7 @@ CASES = [
      "duplicate key 'seeds'"),
     ("export-runtime-unknown", "run-recipe", lambda t: ["kd_resnet50_mobilenet", "--set",
                                                         "stages.export.runtimes=[tensorrt]"],
-     "stages[4].export.runtimes[0]: expected one of 'onnxruntime', got \"tensorrt\""),
+     "stages[4].export.runtimes[0]: expected one of 'best', 'onnxruntime', got \"tensorrt\""),
     ("batch-size-0", "run-recipe", lambda t: ["kd_resnet50_mobilenet", "--set", "stages.export.measure.batch_sizes=[0]"],
      "batch_sizes[0]: expected an integer >= 1 and <= 1024"),
     ("batch-size-neg", "run-recipe", lambda t: ["kd_resnet50_mobilenet", "--set", "stages.export.measure.batch_sizes=[-1]"],

@@ -258,3 +258,29 @@ def test_onnx_runtime_section_rows_and_unavailable_reasons(tmp_path: Path):
     rows = {x["metric"]: x["value"] for x in flat_rows(load_results(run)) if x["stage"] == "export"
             and x["backend"] == "torch"}
     assert rows["onnxruntime_latency_b1_p50_ms"] == 0.5 and rows["onnxruntime_max_abs_logit_diff"] == 2.5e-7
+
+
+def test_best_runtime_section_names_the_choice_and_every_candidate(tmp_path: Path):
+    lat = {"1": {"p50_ms": 1.5, "p90_ms": 1.6}}
+    r = _result("torch", 0, {"student": 0.9})
+    r["stages"].append(_export_stage(4.0, {"status": "unavailable", "runtime": "ort", "reason": "x"}))
+    r["stages"][-1]["models"]["student"]["runtimes"]["best"] = {
+        "status": "ok", "chosen": "TS", "chosen_at_batch": 1, "is_reference": False, "runtime": "TS",
+        "format": "TorchScript", "files": ["artifacts/s/m.pt"], "entry": "artifacts/s/m.pt", "extra": {},
+        "size_bytes": 1, "size_mb": 1e-6, "artifact_top1": 0.9, "latency": lat,
+        "candidates": [{"runtime": "own-rt", "status": "ok", "reference": True, "batch_1_p50_ms": 4.1},
+                       {"runtime": "TS", "status": "ok", "batch_1_p50_ms": 1.4},
+                       {"runtime": "TS-opt", "status": "unavailable", "reason": "RuntimeError: no"}]}
+    p = _result("paddle", 0, {"student": 0.9})
+    p["stages"].append(_export_stage(3.0, {"status": "unavailable", "runtime": "ort", "reason": "x"}))
+    p["stages"][-1]["models"]["student"]["runtimes"]["best"] = {
+        "status": "ok", "chosen": "own-rt", "chosen_at_batch": 1, "is_reference": True,
+        "candidates": [{"runtime": "own-rt", "status": "ok", "reference": True, "batch_1_p50_ms": 2.9},
+                       {"runtime": "native", "status": "incorrect", "batch_1_p50_ms": 1.0}]}
+    run = _write_run(tmp_path, [r, p])
+    md = build_markdown(run, load_results(run), META)
+    assert ("| `student` | PyTorch | TS | own-rt (4.10 ms); TS (1.40 ms); TS-opt (unavailable: RuntimeError: no) "
+            "| 1.50 |") in md
+    assert "| `student` | PaddlePaddle | own-rt | own-rt (2.90 ms); native (incorrect) | 3.00 |" in md
+    # best against best: the chosen path's latency, or the reference's where the reference was fastest
+    assert "| latency | batch 1 p50 `student` on each framework's best runtime | 1.50 ms | 3.00 ms |" in md

@@ -1,6 +1,7 @@
-"""ONNX Runtime as neutral ground (issue 14, item 1): each backend's converter turns its exported artifact into
-an ONNX file that computes what the artifact computes, and a model that does not convert is recorded with the
-converter's reason while the run goes on."""
+"""Where an exported model is measured (issue 14, item 1). ONNX Runtime as neutral ground: each backend's
+converter turns its exported artifact into an ONNX file that computes what the artifact computes, and a model that
+does not convert is recorded with the converter's reason while the run goes on. Each framework's `best` runtime
+is chosen among deployment candidates that compute what the artifact computes."""
 from __future__ import annotations
 
 import types
@@ -67,3 +68,21 @@ def test_a_model_that_does_not_convert_is_recorded_with_the_reason(tmp_path: Pat
     assert rec["runtime"].startswith("ONNX Runtime")
     assert said == [f"export: student on ONNX Runtime unavailable ({rec['reason']})"]
     assert export_stage.ok_onnx({"runtimes": {"onnxruntime": rec}}) == []
+
+
+@pytest.mark.parametrize("name,arch", [("torch", "mobilenet_v2"), ("paddle", "mobilenet_v2"), ("torch", "resnet18")])
+def test_deployment_candidates_compute_what_the_artifact_computes(tmp_path: Path, name: str, arch: str):
+    backend = _backend(name)
+    model = backend.build_model(ModelConfig(arch=arch, small_input=True), 10)
+    backend.recalibrate_bn(model, iter([_images(16), _images(16) * 2]))
+    artifact = backend.export(model, _images(2), tmp_path / "artifact")
+    candidates = backend.export_candidates(model, artifact, _images(2), tmp_path / "candidates")
+    names = {backend.runtime_name(c) for c in candidates}
+    assert len(names) == len(candidates) and backend.runtime_name() not in names  # each a distinct runtime
+    reference = backend.load_artifact(artifact, 2)
+    for cand in candidates:
+        predict = backend.load_artifact(cand, 2)
+        for batch in (1, 7):
+            x = _images(batch)
+            check = logit_difference(reference(x), predict(x))
+            assert check["argmax_agree"] == 1.0 and check["max_rel"] < 1e-4, (backend.runtime_name(cand), check)
