@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.ao import quantization as tq
+from torch.ao.nn import quantized as nnq
 from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx, prepare_qat_fx
 
 from backends.base import ExportedArtifact, QuantizedModel
@@ -146,6 +147,28 @@ def convert_qat(prepared: nn.Module, cfg: QuantizeStage, example: np.ndarray, ou
     return _save(converted, example, out_dir, threads, merge_distinct(earlier, caught))
 
 
+FBGEMM_DEPTHWISE_MULTIPLE = 8
+
+
+def kernel_notes(converted: nn.Module) -> list[str]:
+    """What in this int8 model's shapes the fbgemm kernels are known to run slowly (issue 14, item 4).
+
+    Why: fbgemm's int8 depthwise convolution has a fast kernel only for channel counts that are multiples of 8;
+    filter pruning leaves counts such as 22, 67 or 100, and those layers take a generic path. On a 2-core AMD
+    EPYC (benchmarks/int8_depthwise_channels.py) a 3x3 depthwise layer of 100 channels took about 10x as long
+    as one of 96, and the pruned MobileNetV2 of compress_resnet50_mobilenet ran slower in int8 than in fp32."""
+    odd = sorted({m.in_channels for m in converted.modules()
+                  if isinstance(m, nnq.Conv2d) and m.groups > 1 and m.groups == m.in_channels == m.out_channels
+                  and m.in_channels % FBGEMM_DEPTHWISE_MULTIPLE})
+    if not odd:
+        return []
+    shown = ", ".join(map(str, odd[:6])) + (", ..." if len(odd) > 6 else "")
+    return [f"fbgemm's int8 depthwise convolution is fast only for channel counts that are multiples of "
+            f"{FBGEMM_DEPTHWISE_MULTIPLE}; this model's depthwise layers have {shown} channels (as filter pruning "
+            "left them), which run on a generic path about 10x slower (benchmarks/int8_depthwise_channels.py): "
+            "read its int8 latency with that in mind"]
+
+
 def _save(converted: nn.Module, example: np.ndarray, out_dir: Path, threads: int, caught: list[str]) -> QuantizedModel:
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "model.pt"
@@ -161,6 +184,7 @@ def _save(converted: nn.Module, example: np.ndarray, out_dir: Path, threads: int
     artifact = ExportedArtifact(format=FORMAT, files=[path], entry=path)
     qm = load_quantized(artifact, threads)
     qm.info["framework_warnings"] = merge_distinct(caught, more)
+    qm.info["kernel_notes"] = kernel_notes(converted)
     return qm
 
 

@@ -155,12 +155,13 @@ def measure_pair(ctx: RunContext, stage: Stage, fp32_artifact: ExportedArtifact,
             "accuracy_drop_ci95": [-pairs["diff_ci95"][1], -pairs["diff_ci95"][0]], "comparison": pairs,
             "speedup": speedup, "latency_ratio": {k: 1 / v for k, v in speedup.items()}, "threads": ctx.threads,
             "predictions": str(pred_path.relative_to(root)),
-            "framework_warnings": qm.info.get("framework_warnings", [])}
+            "framework_warnings": qm.info.get("framework_warnings", []),
+            "kernel_notes": qm.info.get("kernel_notes", [])}
 
 
 def quantization_section(ix: ReportIndex) -> str:
     """int8 artifact next to the fp32 artifact of the same weights, per backend and seed."""
-    rows, lowerings, starts, warned = [], {}, set(), {}
+    rows, lowerings, starts, warned, kernels = [], {}, set(), {}, {}
     batch_sizes = sorted({bs for b in ix.backends for _, st in ix.stage_records(b, "quantize")
                           for bs in st["fp32"]["latency"]}, key=batch_order)
     for b in ix.backends:
@@ -181,6 +182,8 @@ def quantization_section(ix: ReportIndex) -> str:
             lowerings[b] = st["lowering"]
             starts.add(f"{title(b)}: {st['start_weights']}")
             warned.setdefault(b, set()).update(st.get("framework_warnings", []))
+            for note in st.get("kernel_notes", []):
+                kernels.setdefault((b, note), []).append(str(seed))
     if not rows:
         return ""
     out = ["## Quantization (int8 file vs the fp32 file of the same weights)\n\n",
@@ -198,6 +201,8 @@ def quantization_section(ix: ReportIndex) -> str:
     if len({lw["activations"] for lw in lowerings.values()}) > 1:
         out.append("- The activation schemes differ between the frameworks (see above): each uses its own int8 "
                    "kernels' native scheme.\n")
+    for (b, note), seeds in kernels.items():
+        out.append(f"- {title(b)} int8 kernels (seed {', '.join(seeds)}): {note}.\n")
     for b, msgs in warned.items():
         if msgs:
             out.append(f"- {title(b)} warned: " + "; ".join(f"\"{m}\"" for m in sorted(msgs)) + "\n")

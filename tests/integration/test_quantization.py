@@ -113,3 +113,29 @@ def test_dynamic_mode_runs_on_torch_and_paddle_says_why_it_cannot(tmp_path: Path
     assert p.returncode == 0, p.stdout + p.stderr
     torch_r = result(run_dir(tmp_path, "quant_ptq_resnet50"), "torch")
     assert torch_r["status"] == "ok" and torch_r["stages"][1]["mode"] == "dynamic"
+
+
+def test_torch_int8_names_depthwise_channel_counts_its_kernels_are_slow_at(tmp_path: Path):
+    """Issue 14, item 4: a filter-pruned MobileNetV2 leaves depthwise channel counts that are not multiples of 8,
+    on which fbgemm's int8 depthwise kernel takes a generic path; the quantize record says so (and an unpruned
+    model gets no such note)."""
+    import numpy as np
+    from backends.torch import create
+    from backends.torch.quantize import quantize_static
+    from common.config import ModelConfig
+    from common.stages.quantize import QuantizeStage
+    backend = create()
+    backend.configure(2, "cpu", 0)
+    rng = np.random.default_rng(0)
+    calibration = [rng.standard_normal((8, 3, 32, 32)).astype(np.float32) for _ in range(2)]
+    cfg = QuantizeStage(name="q", model="s", mode="ptq_static", calibration="minmax", calibration_batches=2)
+    notes = {}
+    for pruned in (False, True):
+        model = backend.build_model(ModelConfig(arch="mobilenet_v2"), 10)
+        backend.recalibrate_bn(model, iter(calibration))
+        if pruned:
+            backend.prune_filters(model, "l1", 0.3, {}, [backend.head_name(model).rsplit(".", 1)[0]], (1, 3, 32, 32))
+        qm = quantize_static(model, cfg, calibration, calibration[0][:2], None, tmp_path / str(pruned), 2)
+        notes[pruned] = qm.info["kernel_notes"]
+    assert notes[False] == []
+    assert len(notes[True]) == 1 and "multiples of 8" in notes[True][0] and "22, 67, 100" in notes[True][0]

@@ -112,7 +112,7 @@ def _quant_stage(fp32_ms: float, int8_ms: float) -> dict:
             "size_ratio": 0.25, "accuracy_drop": 0.01, "accuracy_drop_ci95": [-0.005, 0.025],
             "comparison": {"agreement": 0.981, "mcnemar_p": 0.2188, "samples": 359, "changed_predictions": 7,
                            "only_a_correct": 5, "only_b_correct": 1}, "speedup": {"1": fp32_ms / int8_ms},
-            "quantize_time_s": 3.0}
+            "quantize_time_s": 3.0, "kernel_notes": ["kernel k is slow at 22 channels"]}
 
 
 def test_quantization_section_and_rows(tmp_path: Path):
@@ -124,6 +124,7 @@ def test_quantization_section_and_rows(tmp_path: Path):
             "+1.00 [-0.50, +2.50] | 98.1% | 0.219 | 10.00 → 2.50 (×0.25) |") in md
     assert "- PyTorch: tool-x; weights w; activations a; calibration c; int8 runtime rt." in md
     assert 'PyTorch warned: "x is deprecated"' in md
+    assert "- PyTorch int8 kernels (seed 0): kernel k is slow at 22 channels.\n" in md
     assert "| PyTorch | 0 | `fp32` → `int8` | int8 ptq_static | 98.1% | 7 | 5 | 1 | 0.219 |" in md
     rows = {(x["metric"]): x["value"] for x in flat_rows(load_results(run)) if x["stage"] == "ptq"}
     assert rows["size_ratio"] == 0.25 and rows["speedup_b1"] == 4.0 and rows["int8_latency_b1_p50_ms"] == 2.5
