@@ -367,13 +367,16 @@ def cmd_time(run_dir: Path, backend_name: str, seed: int, threads: int, round_no
                              else backend.load_quantized(artifact, threads).predict)
             record["items"].append({"stage": item["stage"], "key": item["key"], "kind": item["kind"],
                                     "runtime": item["record"].get("runtime"), "latency": {}})
-        # artifacts measured with the same warm-up and repeats are timed together, in alternation, per batch size
-        groups: dict[tuple[int, int, int], list[dict]] = {}
+        # Artifacts on the same runtime, measured with the same warm-up and repeats, are timed together, in
+        # alternation, per batch size. Not across runtimes: a runtime's worker threads spin on after a call (ONNX
+        # Runtime's pool, OpenMP's), and alternating with another runtime's pool made both slower (on a 2-core AMD
+        # EPYC a ResNet50 teacher's eager batch-1 latency went from 16 to 90 ms beside ONNX Runtime sessions).
+        groups: dict[tuple[int, int, int, str], list[dict]] = {}
         for entry in record["items"]:
             m = measures[entry["stage"]]
             for bs in m.batch_sizes:
-                groups.setdefault((bs, m.warmup, m.repeats), []).append(entry)
-        for (bs, warmup, repeats), entries in groups.items():
+                groups.setdefault((bs, m.warmup, m.repeats, str(entry["runtime"])), []).append(entry)
+        for (bs, warmup, repeats, _), entries in groups.items():
             x = stream.val_images(bs)
             fns = {f"{e['stage']}.{e['key']}": (lambda f=loaded[f"{e['stage']}.{e['key']}"]: f(x)) for e in entries}
             progress.say(f"timing round {round_no + 1}: {len(fns)} artifact(s) at batch {bs}, alternating "
