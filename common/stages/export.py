@@ -304,7 +304,7 @@ def onnx_section(ix: ReportIndex) -> str:
             for bs in batch_sizes:
                 ort = [r["latency"][bs]["p50_ms"] for r in ok if bs in r["latency"]]
                 ref = [r["reference"]["latency"][bs]["p50_ms"] for r in ok if bs in r["reference"]["latency"]]
-                lat_cells.append(f"{fmt_values(ort)} (own runtime {fmt_values(ref)})" if ort else "–")
+                lat_cells.append(f"{fmt_values(ort)} (reference runtime {fmt_values(ref)})" if ort else "–")
             rows.append([f"`{slot}`", title(b), ok[0]["format"],
                          f"{max(r['vs_artifact']['max_abs'] for r in ok):.1e}",
                          fmt_values([r["vs_artifact"]["argmax_agree"] for r in ok], 100, unit="%"),

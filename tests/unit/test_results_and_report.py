@@ -251,7 +251,7 @@ def test_onnx_runtime_section_rows_and_unavailable_reasons(tmp_path: Path):
     run = _write_run(tmp_path, [torch_r, paddle_r])
     md = build_markdown(run, load_results(run), META)
     assert "## The same artifacts on ONNX Runtime (neutral ground)" in md
-    assert "| `student` | PyTorch | ONNX (opset 17) | 2.5e-07 | 100.00% | 90.00% | 0.50 (own runtime 4.00) |" in md
+    assert "| `student` | PyTorch | ONNX (opset 17) | 2.5e-07 | 100.00% | 90.00% | 0.50 (reference runtime 4.00) |" in md
     assert "- PaddlePaddle `student`: unavailable on ONNX Runtime (RuntimeError: op fancy is not supported)." in md
     # like with like: the ONNX Runtime row compares nothing where one side did not convert
     assert "| latency | batch 1 p50 `student` | 4.00 ms | 3.00 ms |" in md
