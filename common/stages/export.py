@@ -93,7 +93,7 @@ def on_best(ctx: RunContext, stage: Stage, slot: str, model: Any, artifact: Any,
     probe = ctx.stream.val_images(ctx.recipe.parity.probe_batch)
     expected = artifact_predict(probe)
     reference_name = ctx.backend.runtime_name()
-    found: list[tuple[Any, Callable[[np.ndarray], np.ndarray]]] = []
+    found: list[tuple[Any, Callable[[np.ndarray], np.ndarray], dict[str, float]]] = []
     candidates: list[dict[str, Any]] = []
     try:
         offered = ctx.backend.export_candidates(model, artifact, ctx.stream.val_images(2),
@@ -115,10 +115,10 @@ def on_best(ctx: RunContext, stage: Stage, slot: str, model: Any, artifact: Any,
         candidates.append({"runtime": name, "format": cand.format, "status": "ok" if correct else "incorrect",
                            "vs_artifact": check})
         if correct:
-            found.append((cand, predict))
+            found.append((cand, predict, check))
     x = ctx.stream.val_images(bs0)
     fns = {reference_name: lambda: artifact_predict(x)}
-    fns.update({ctx.backend.runtime_name(c): (lambda p=p: p(x)) for c, p in found})
+    fns.update({ctx.backend.runtime_name(c): (lambda p=p: p(x)) for c, p, _ in found})
     ctx.progress.say(f"{stage.name}: {slot}: choosing the fastest of {len(fns)} deployment path(s) at batch {bs0}, "
                      f"alternating ({cfg.measure.warmup} warm-up, {cfg.measure.repeats} timed each)")
     with LoadMeter() as load:
@@ -135,12 +135,12 @@ def on_best(ctx: RunContext, stage: Stage, slot: str, model: Any, artifact: Any,
     if chosen == reference_name:
         ctx.progress.say(f"{stage.name}: {slot}: the reference runtime is the fastest ({reference_name})")
         return {**record, "is_reference": True}
-    cand, predict = next((c, p) for c, p in found if ctx.backend.runtime_name(c) == chosen)
+    cand, predict, check = next(f for f in found if ctx.backend.runtime_name(f[0]) == chosen)
     acc = classification_metrics(*predict_validation(predict, ctx.stream))
     latency = time_batches(ctx, f"{stage.name}: {slot} on {chosen}", predict, cfg.measure)
     ctx.progress.say(f"{stage.name}: {slot}: fastest deployment {chosen}, top1 {acc['top1'] * 100:.2f}%")
     return {**record, "is_reference": False, **artifact_record(cand, ctx.out_dir), "runtime": chosen,
-            "threads": ctx.threads, "vs_artifact": logit_difference(expected, predict(probe)),
+            "threads": ctx.threads, "vs_artifact": check,
             "artifact_top1": acc["top1"], "latency": latency}
 
 
