@@ -112,5 +112,13 @@ class TimingConfig:
 
 @dataclass(frozen=True)
 class ParityConfig:
+    """How closely a backend's logits at initialisation must match the reference framework's.
+
+    `rtol` bounds eval-mode logits. `batch_stats_rtol` bounds the logits with batch statistics, compared where
+    eval-mode logits are degenerate: normalising by the variance of a few values per channel (8 probe images at
+    1x1 maps) amplifies float32 rounding. On a 2-core Intel Xeon (AVX-512) MobileNetV2 at initialisation on the
+    digits probe gave torch float32 7.8e-5 and Paddle 7.6e-5 off the float64 result, and 1.28e-4 off each
+    other; a conversion error (a transposed kernel, a missing layer) gives differences of order 1."""
     rtol: float = field(default=1e-4, metadata=bounds(gt=0))
+    batch_stats_rtol: float = field(default=1e-3, metadata=bounds(gt=0))
     probe_batch: int = field(default=8, metadata=bounds(gt=0))
