@@ -83,6 +83,9 @@ class QuantizedModel:
     artifact: ExportedArtifact
     predict: Callable[[np.ndarray], np.ndarray]
     info: dict[str, Any] = field(default_factory=dict)
+    # The framework's in-memory int8 model, where a converter needs it rather than the file (torch's ONNX
+    # exporter cannot read a frozen int8 TorchScript file); None once reopened from the file.
+    module: Any = None
 
 
 class DeviceSetup(Protocol):
@@ -207,6 +210,10 @@ class Quantization(Protocol):
 
     def load_quantized(self, artifact: ExportedArtifact, threads: int) -> QuantizedModel:
         """Reopen an int8 artifact written earlier (resume)."""
+
+    def export_quantized_onnx(self, qm: QuantizedModel, example: np.ndarray, out_dir: Path) -> ExportedArtifact:
+        """The int8 model as an ONNX file with QuantizeLinear/DequantizeLinear pairs (QDQ) for ONNX Runtime, by
+        the framework's own converter; raises if the converter cannot convert it."""
 
 
 class Exporting(Protocol):

@@ -8,6 +8,7 @@ outputs with oneDNN (docs/ARCHITECTURE.md, section 6), so they are not used. Pad
 """
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -17,6 +18,7 @@ import paddle
 from paddle import nn
 
 from backends.base import ExportedArtifact, QuantizedModel
+from backends.paddle.export import export_onnx
 from backends.paddle.measure import load_predictor
 from backends.paddle.prune import get_masks
 from backends.capture import merge_distinct, recorded_warnings
@@ -150,6 +152,13 @@ def load_quantized(artifact: ExportedArtifact, threads: int) -> QuantizedModel:
     return QuantizedModel(artifact=artifact, predict=load_predictor(artifact, threads, int8=True),
                           info={"runtime": RUNTIME, "engine": "paddleslim"})
 
+def export_quantized_onnx(qm: QuantizedModel, example: np.ndarray, out_dir: Path) -> ExportedArtifact:
+    """The int8 inference model through paddle2onnx 1.3, which writes PaddleSlim's quantize/dequantize_linear
+    ops (onnx_format=True) as ONNX QuantizeLinear/DequantizeLinear pairs (QDQ) for ONNX Runtime."""
+    onnx = export_onnx(qm.artifact, out_dir)
+    return dataclasses.replace(onnx, format=onnx.format.replace("ONNX", "ONNX QDQ", 1) + ", from the int8 model")
+
+
 class Quantization:
     """backends.base.Quantization on Paddle: PaddleSlim's PTQ and QAT, Paddle Inference int8 models (no backend state needed)."""
     quantization_lowering = staticmethod(lowering)
@@ -158,3 +167,4 @@ class Quantization:
     prepare_qat = staticmethod(prepare_qat)
     convert_qat = staticmethod(convert_qat)
     load_quantized = staticmethod(load_quantized)
+    export_quantized_onnx = staticmethod(export_quantized_onnx)

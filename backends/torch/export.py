@@ -41,9 +41,16 @@ def export_model(model: nn.Module, example: np.ndarray, out_dir: Path) -> Export
 
 
 def _export(model: nn.Module, example: np.ndarray, out_dir: Path) -> ExportedArtifact:
-    out_dir.mkdir(parents=True, exist_ok=True)
     model.eval()
-    device = next(model.parameters()).device
+    path = save_program(model, example, out_dir)
+    return ExportedArtifact(format="torch.export (.pt2)", files=[path], entry=path)
+
+
+def save_program(model: nn.Module, example: np.ndarray, out_dir: Path) -> Path:
+    """out_dir/model.pt2: the module (in the mode it is in) as a torch.export program with a dynamic batch
+    dimension, written under a temporary name first."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = next(iter(model.parameters()), torch.empty(0)).device
     if example.shape[0] < 2:  # a batch-1 example makes torch.export specialize the batch dimension to 1
         example = np.concatenate([example, example])
     x = torch.from_numpy(example).to(device)
@@ -53,7 +60,7 @@ def _export(model: nn.Module, example: np.ndarray, out_dir: Path) -> ExportedArt
     tmp = path.with_name("model.tmp.pt2")  # torch.export.save wants the .pt2 suffix
     torch.export.save(program, str(tmp))
     tmp.replace(path)
-    return ExportedArtifact(format="torch.export (.pt2)", files=[path], entry=path)
+    return path
 
 
 ONNX_OPSET = 17
@@ -64,17 +71,25 @@ def export_onnx(model: nn.Module, example: np.ndarray, out_dir: Path) -> Exporte
     dimension. Why not from the .pt2 file: the exporter cannot trace an ExportedProgram's module ("Calling
     train() is not supported"), and the dynamo exporter needs onnxscript; the stage checks the ONNX outputs
     against the .pt2 artifact's, so the two files are shown to be one model."""
+    with _frozen(model):
+        path = write_onnx(model, example, out_dir)
+    return ExportedArtifact(format=f"ONNX (opset {ONNX_OPSET}, torch.onnx.export, TorchScript-based)",
+                            files=[path], entry=path)
+
+
+def write_onnx(model: nn.Module, example: np.ndarray, out_dir: Path) -> Path:
+    """out_dir/model.onnx by the TorchScript-based exporter, batch dimension dynamic; written under a temporary
+    name first, so a failed conversion leaves no file under the final one."""
     out_dir.mkdir(parents=True, exist_ok=True)
     model.eval()
-    device = next(model.parameters()).device
+    device = next(iter(model.parameters()), torch.empty(0)).device
     path, tmp = out_dir / "model.onnx", out_dir / "model.tmp.onnx"
-    with _frozen(model), torch.no_grad():
+    with torch.no_grad():
         torch.onnx.export(model, (torch.from_numpy(example).to(device),), str(tmp), dynamo=False,
                           input_names=["x"], output_names=["logits"], opset_version=ONNX_OPSET,
                           dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}})
     tmp.replace(path)
-    return ExportedArtifact(format=f"ONNX (opset {ONNX_OPSET}, torch.onnx.export, TorchScript-based)",
-                            files=[path], entry=path)
+    return path
 
 
 def export_torchscript(model: nn.Module, example: np.ndarray, out_dir: Path) -> ExportedArtifact:

@@ -2,8 +2,8 @@
 
 The quantized engine is fbgemm: with `x86` or `onednn` an int8 model is fast only for the first input
 shape it runs and ~10x slower on any other (docs/ARCHITECTURE.md, section 6), which would make batch-N latency dishonest.
-Everything engine-specific sits in `FxFbgemmEngine`, so torchao's pt2e flow (the maintained successor,
-fast only after torch.compile today) can be added as a second engine behind the same methods.
+Everything engine-specific sits in `FxFbgemmEngine`; torchao's pt2e flow (the maintained successor, fast only
+after torch.compile) is the second engine, `torch_engine: pt2e` (backends/torch/pt2e.py), behind the same methods.
 `torch.export` cannot take FX int8 models; TorchScript (trace + freeze) is the file such a model ships as.
 """
 from __future__ import annotations
@@ -20,6 +20,8 @@ from torch.ao.nn import quantized as nnq
 from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx, prepare_qat_fx
 
 from backends.base import ExportedArtifact, QuantizedModel
+from backends.torch import pt2e
+from backends.torch.export import ONNX_OPSET, write_onnx
 from backends.torch.prune import get_masks, without_reparametrization
 from backends.capture import merge_distinct, recorded_warnings
 from common.errors import UnsupportedStage
@@ -86,10 +88,16 @@ def _fp32_copy(model: nn.Module, train: bool) -> nn.Module:
     return m.train() if train else m.eval()
 
 
+def lowering(cfg: QuantizeStage) -> dict[str, str]:
+    return pt2e.lowering(cfg) if cfg.torch_engine == "pt2e" else ENGINE.lowering(cfg)
+
+
 def quantize_static(model: nn.Module, cfg: QuantizeStage, calibration: list[np.ndarray], example: np.ndarray,
                     fp32_artifact: ExportedArtifact, out_dir: Path, threads: int) -> QuantizedModel:
     """FX quantization works on the module (a torch.export program cannot be FX-quantized); the fp32
-    artifact is the same weights and is not needed here."""
+    artifact is the same weights and is not needed here. `torch_engine: pt2e` takes torchao's flow instead."""
+    if cfg.torch_engine == "pt2e":
+        return pt2e.quantize_static(_fp32_copy(model, train=False), cfg, calibration, example, out_dir, threads)
     ENGINE.activate()
     x = torch.from_numpy(example)
 
@@ -185,10 +193,29 @@ def _save(converted: nn.Module, example: np.ndarray, out_dir: Path, threads: int
     qm = load_quantized(artifact, threads)
     qm.info["framework_warnings"] = merge_distinct(caught, more)
     qm.info["kernel_notes"] = kernel_notes(converted)
+    qm.module = converted
     return qm
 
 
+def export_quantized_onnx(qm: QuantizedModel, example: np.ndarray, out_dir: Path) -> ExportedArtifact:
+    """The FX int8 model through torch.onnx.export's TorchScript-based exporter, which writes each quantized
+    op as QuantizeLinear/DequantizeLinear around the float op (QDQ; ONNX Runtime fuses them into its int8
+    kernels). It needs the converted module: from the frozen TorchScript file the exporter fails ("Quantized
+    weight value not found amongst constant parameters"), so an int8 slot reopened on resume cannot convert."""
+    if qm.info.get("engine") == pt2e.NAME:
+        return pt2e.export_onnx(qm, example, out_dir)
+    if qm.module is None:
+        raise RuntimeError("the int8 model was reopened from its frozen TorchScript file, which torch.onnx.export "
+                           "cannot convert (quantized weights are folded into constants); re-run the quantize stage")
+    ENGINE.activate()
+    path = write_onnx(qm.module, example, out_dir)
+    return ExportedArtifact(format=f"ONNX QDQ (opset {ONNX_OPSET}, torch.onnx.export of the FX int8 model, "
+                            "TorchScript-based)", files=[path], entry=path)
+
+
 def load_quantized(artifact: ExportedArtifact, threads: int) -> QuantizedModel:
+    if artifact.extra.get("engine") == pt2e.NAME:
+        return pt2e.load_quantized(artifact, threads)
     ENGINE.activate()
     torch.set_num_threads(threads)
     module = torch.jit.load(str(artifact.entry), map_location="cpu")
@@ -200,10 +227,12 @@ def load_quantized(artifact: ExportedArtifact, threads: int) -> QuantizedModel:
     return QuantizedModel(artifact=artifact, predict=predict, info={"runtime": RUNTIME, "engine": ENGINE.name})
 
 class Quantization:
-    """backends.base.Quantization on torch: FX graph mode with the fbgemm engine, TorchScript int8 files (no backend state needed)."""
-    quantization_lowering = staticmethod(ENGINE.lowering)
+    """backends.base.Quantization on torch: FX graph mode with the fbgemm engine (TorchScript int8 files), or
+    torchao's pt2e flow compiled by Inductor (`torch_engine: pt2e`); no backend state needed."""
+    quantization_lowering = staticmethod(lowering)
     quantize_static = staticmethod(quantize_static)
     quantize_dynamic = staticmethod(quantize_dynamic)
     prepare_qat = staticmethod(prepare_qat)
     convert_qat = staticmethod(convert_qat)
     load_quantized = staticmethod(load_quantized)
+    export_quantized_onnx = staticmethod(export_quantized_onnx)

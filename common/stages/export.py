@@ -18,7 +18,8 @@ from common.metrics import (classification_metrics, latency_summary, logit_diffe
                              time_calls)
 from common.pruning import name_artifact_layers, pruned_layer_sparsity
 from common.report.index import ReportIndex, batch_order, fmt_count, fmt_values
-from common.stages.loop import RunContext, artifact_record, compressed_size, predict_validation
+from common.stages.loop import (RunContext, artifact_record, compressed_size, failure_reason,
+                                predict_validation)
 from common.stages.registry import MetricFactory, ModelsSlots, RowSink, Stage, StageType, register
 
 
@@ -41,6 +42,7 @@ def time_batches(ctx: RunContext, what: str, predict: Callable[[np.ndarray], np.
     for bs in measure.batch_sizes:
         x = ctx.stream.val_images(bs)
         ctx.progress.say(f"{what} latency at batch {bs} ({measure.warmup} warm-up, {measure.repeats} timed)")
+        predict(x)  # first call outside the window: a runtime that compiles per input shape does it here
         with LoadMeter() as load:
             times = time_calls(lambda: predict(x), measure.warmup, measure.repeats)
         latency[str(bs)] = {**latency_summary(times), "load": load.record()}
@@ -74,12 +76,6 @@ def on_onnxruntime(ctx: RunContext, stage: Stage, slot: str, model: Any, artifac
 
 
 BEST_TOLERANCE = 1e-3  # max logit difference relative to the artifact's largest logit, and top-1 agreement 1.0
-
-
-def failure_reason(e: Exception) -> str:
-    """The exception's type and first line: what a report can show of why a path is unavailable."""
-    text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"[:300]
 
 
 def on_best(ctx: RunContext, stage: Stage, slot: str, model: Any, artifact: Any,
@@ -121,6 +117,8 @@ def on_best(ctx: RunContext, stage: Stage, slot: str, model: Any, artifact: Any,
     fns.update({ctx.backend.runtime_name(c): (lambda p=p: p(x)) for c, p, _ in found})
     ctx.progress.say(f"{stage.name}: {slot}: choosing the fastest of {len(fns)} deployment path(s) at batch {bs0}, "
                      f"alternating ({cfg.measure.warmup} warm-up, {cfg.measure.repeats} timed each)")
+    for fn in fns.values():  # first calls outside the window, as in time_batches
+        fn()
     with LoadMeter() as load:
         times = time_alternating(fns, cfg.measure.warmup, cfg.measure.repeats)
     p50 = {name: latency_summary(t)["p50_ms"] for name, t in times.items()}
@@ -193,17 +191,35 @@ def deployment_runtimes(ix: ReportIndex) -> dict[str, tuple[str, str]]:
     return out
 
 
+Pick = Callable[[dict], list[dict]]  # a model record -> the records of one runtime it holds (none, or one)
+
+
+def own(model_record: dict) -> list[dict]:
+    """The model record itself: its latency is on the reference runtime."""
+    return [model_record]
+
+
+def slot_records(ix: ReportIndex, backend: str, pick: Pick) -> dict[str, list[tuple[dict, dict]]]:
+    """slot -> (model record, picked record) of every seed's export stages on one backend, slots in order."""
+    out: dict[str, list[tuple[dict, dict]]] = {}
+    for _, st in ix.stage_records(backend, "export"):
+        for slot, m in st["models"].items():
+            out.setdefault(slot, []).extend((m, rec) for rec in pick(m))
+    return {slot: recs for slot, recs in out.items() if recs}
+
+
+def measured_batch_sizes(ix: ReportIndex, pick: Pick) -> list[str]:
+    """Every batch size any picked record measured (export stages may measure different ones): one column each."""
+    return sorted({bs for b in ix.backends for _, st in ix.stage_records(b, "export")
+                   for m in st["models"].values() for rec in pick(m) for bs in rec["latency"]}, key=batch_order)
+
+
 def artifacts_section(ix: ReportIndex) -> str:
     rows = []
-    # Export stages may measure different batch sizes: one column per size any of them measured.
-    batch_sizes = sorted({bs for b in ix.backends for _, st in ix.stage_records(b, "export")
-                          for m in st["models"].values() for bs in m["latency"]}, key=batch_order)
+    batch_sizes = measured_batch_sizes(ix, own)
     for b in ix.backends:
-        slots: list[str] = []
-        for _, st in ix.stage_records(b, "export"):
-            slots += [s for s in st["models"] if s not in slots]
-        for slot in slots:
-            recs = [st["models"][slot] for _, st in ix.stage_records(b, "export") if slot in st["models"]]
+        for slot, pairs in slot_records(ix, b, own).items():
+            recs = [m for m, _ in pairs]
             lat_cells = []
             for bs in batch_sizes:
                 p50 = [r["latency"][bs]["p50_ms"] for r in recs if bs in r["latency"]]
@@ -227,33 +243,33 @@ def artifacts_section(ix: ReportIndex) -> str:
 def best_of(model_record: dict) -> list[dict]:
     """The record whose latency is the model's best deployment: the best candidate's, or the model record itself
     when the reference runtime was the fastest (none in results from before issue 14)."""
+    return [model_record if best["is_reference"] else best for best in chosen_best(model_record)]
+
+
+def chosen_best(model_record: dict) -> list[dict]:
+    """The model's `best` runtime record (the choice and every candidate), when the choice was made."""
     best = (model_record.get("runtimes") or {}).get("best")
-    if not best or best.get("status") != "ok":
-        return []
-    return [model_record if best["is_reference"] else best]
+    return [best] if best and best.get("status") == "ok" else []
+
+
+def any_onnx(model_record: dict) -> list[dict]:
+    """The model's ONNX Runtime record, converted or not (none in results from before issue 14)."""
+    ort = (model_record.get("runtimes") or {}).get(onnx_runtime.NAME)
+    return [ort] if ort else []
 
 
 def ok_onnx(model_record: dict) -> list[dict]:
-    """The model's ONNX Runtime record, when it converted and ran (none in results from before issue 14)."""
-    ort = (model_record.get("runtimes") or {}).get(onnx_runtime.NAME)
-    return [ort] if ort and ort.get("status") == "ok" else []
+    """The model's ONNX Runtime record, when it converted and ran."""
+    return [ort for ort in any_onnx(model_record) if ort.get("status") == "ok"]
 
 
 def best_section(ix: ReportIndex) -> str:
     """Which deployment path was fastest for each model on each framework's own stack, with every candidate's
     figure at the batch size the choice was made."""
     rows = []
-    batch_sizes = sorted({bs for b in ix.backends for _, st in ix.stage_records(b, "export")
-                          for m in st["models"].values() for best in best_of(m) for bs in best["latency"]},
-                         key=batch_order)
+    batch_sizes = measured_batch_sizes(ix, best_of)
     for b in ix.backends:
-        per_slot: dict[str, list[tuple[dict, dict]]] = {}
-        for _, st in ix.stage_records(b, "export"):
-            for slot, m in st["models"].items():
-                best = (m.get("runtimes") or {}).get("best")
-                if best and best.get("status") == "ok":
-                    per_slot.setdefault(slot, []).append((m, best))
-        for slot, recs in per_slot.items():
+        for slot, recs in slot_records(ix, b, chosen_best).items():
             chosen = sorted({best["chosen"] for _, best in recs})
             tried = []
             for c in recs[0][1]["candidates"]:
@@ -262,9 +278,8 @@ def best_section(ix: ReportIndex) -> str:
                 state = (f"{figure:.2f} ms" if figure is not None and c["status"] == "ok"
                          else c["status"] + (f": {c['reason']}" if c.get("reason") else ""))
                 tried.append(f"{c['runtime']} ({state})")
-            lat_cells = [fmt_values([lat[bs]["p50_ms"] for m, best in recs
-                                     for lat in [(m if best["is_reference"] else best)["latency"]] if bs in lat])
-                         for bs in batch_sizes]
+            lat_cells = [fmt_values([lat[bs]["p50_ms"] for m, _ in recs for lat in [best_of(m)[0]["latency"]]
+                                     if bs in lat]) for bs in batch_sizes]
             rows.append([f"`{slot}`", title(b), " / ".join(chosen), "; ".join(tried)] + lat_cells)
     if not rows:
         return ""
@@ -282,17 +297,10 @@ def onnx_section(ix: ReportIndex) -> str:
     """Each artifact on ONNX Runtime: the conversion check against the framework's own artifact, accuracy and
     latency, or why it is unavailable."""
     rows, notes, runtimes = [], [], set()
-    batch_sizes = sorted({bs for b in ix.backends for _, st in ix.stage_records(b, "export")
-                          for m in st["models"].values() for o in ok_onnx(m) for bs in o["latency"]},
-                         key=batch_order)
+    batch_sizes = measured_batch_sizes(ix, ok_onnx)
     for b in ix.backends:
-        per_slot: dict[str, list[dict]] = {}
-        for _, st in ix.stage_records(b, "export"):
-            for slot, m in st["models"].items():
-                ort = (m.get("runtimes") or {}).get(onnx_runtime.NAME)
-                if ort:
-                    per_slot.setdefault(slot, []).append({**ort, "reference": m})
-        for slot, recs in per_slot.items():
+        for slot, pairs in slot_records(ix, b, any_onnx).items():
+            recs = [{**ort, "reference": m} for m, ort in pairs]
             ok = [r for r in recs if r["status"] == "ok"]
             runtimes |= {r["runtime"] for r in recs}
             for r in recs:

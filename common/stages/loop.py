@@ -201,3 +201,9 @@ def artifact_from_record(rec: dict[str, Any], root: Path) -> ExportedArtifact:
     """The artifact a finished stage recorded (resume reopens an int8 one; the paired timing phase re-times any)."""
     return ExportedArtifact(format=rec["format"], files=[root / f for f in rec["files"]], entry=root / rec["entry"],
                             extra=dict(rec.get("extra", {})))
+
+
+def failure_reason(e: Exception) -> str:
+    """The exception's type and first line: what a report can show of why a path is unavailable."""
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"[:300]

@@ -7,25 +7,28 @@ calibrated on, how long QAT trains, and how the two artifacts are compared is de
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import numpy as np
 
 from backends.base import ExportedArtifact, QuantizedModel
 from common.backend_names import color, title
 from common.config import MeasureConfig, OptimizerConfig, ScheduleConfig
+from common import onnx_runtime
 from common.errors import RecipeError
 from common.load import LoadMeter
 from common.report.markdown_table import table
-from common.metrics import classification_metrics, latency_summary, paired_predictions, time_alternating
-from common.report.index import ReportIndex, batch_order, delta_table
+from common.metrics import (classification_metrics, latency_summary, logit_difference, paired_predictions,
+                            time_alternating)
+from common.report.index import ReportIndex, batch_order, delta_table, fmt_values
 from common.schema import bounds
-from common.stages.loop import (RunContext, artifact_from_record, artifact_record, fit, predict_validation,
-                               start_from_reference)
+from common.stages.loop import (RunContext, artifact_from_record, artifact_record, failure_reason, fit,
+                               predict_validation, start_from_reference)
 from common.stages.registry import MetricFactory, RowSink, SlotState, Stage, StageType, register
 
 
@@ -47,6 +50,9 @@ class QuantizeStage:
     calibration: Literal["histogram", "minmax", "moving_average"] = "histogram"
     calibration_batches: int = field(default=8, metadata=bounds(gt=0))
     per_channel_weights: bool = True
+    # PyTorch's int8 engine: torch.ao.quantization FX on fbgemm (deprecated upstream), or torchao's pt2e flow with
+    # X86InductorQuantizer, compiled by Inductor (ptq_static only). Paddle has one engine, PaddleSlim.
+    torch_engine: Literal["fx", "pt2e"] = "fx"
     # Quantize the reference framework's trained weights on every backend (as prune does), so the two
     # toolchains quantize the same fp32 model; false: each quantizes the model it trained itself.
     start_from_reference: bool = True
@@ -54,6 +60,9 @@ class QuantizeStage:
     optimizer: OptimizerConfig = OptimizerConfig(name="sgd", lr=0.001, weight_decay=0.0)  # qat only
     schedule: ScheduleConfig = ScheduleConfig()  # qat only
     measure: MeasureConfig = MeasureConfig()
+    # Runtimes the int8 file and its fp32 parent are also measured on, as a pair: `onnxruntime` converts both
+    # with the framework's converter (QDQ for int8) and times them on ONNX Runtime in alternation.
+    runtimes: tuple[Literal["onnxruntime"], ...] = ("onnxruntime",)
 
     def outputs(self) -> tuple[str, ...]:
         return (self.output or f"{self.model}_int8",)
@@ -88,8 +97,14 @@ def run_quantize(ctx: RunContext, stage: Stage) -> dict[str, Any]:
     example = ctx.stream.val_images(2)
     art_dir = ctx.out_dir / "artifacts" / out
     lowering = ctx.backend.quantization_lowering(cfg)
+    if "onnxruntime" in cfg.runtimes:
+        onnx_runtime.require()
     ctx.progress.say(f"{stage.name}: {cfg.mode} of '{cfg.model}' with {lowering['tool']}")
     fp32_artifact = ctx.backend.export(work, example, art_dir / "fp32")
+    # Converted before quantization touches the model (QAT inserts fake-quant layers into it).
+    fp32_onnx = (convert_or_reason(lambda: ctx.backend.export_onnx(work, fp32_artifact, example,
+                                                                   art_dir / "fp32.onnx"))
+                 if "onnxruntime" in cfg.runtimes else None)
     record: dict[str, Any] = {"model": out, "source": cfg.model, "mode": cfg.mode, "start_weights": start,
                               "per_channel_weights": cfg.per_channel_weights, "lowering": lowering}
     t0 = time.perf_counter()
@@ -109,12 +124,91 @@ def run_quantize(ctx: RunContext, stage: Stage) -> dict[str, Any]:
     record["quantize_time_s"] = time.perf_counter() - t0
     ctx.models[out] = qm
     record.update(measure_pair(ctx, stage, fp32_artifact, qm))
+    if fp32_onnx is not None:
+        record["runtimes"] = {onnx_runtime.NAME: on_onnxruntime(ctx, stage, fp32_artifact, fp32_onnx, qm, record)}
     return record
+
+
+def convert_or_reason(convert: Callable[[], ExportedArtifact]) -> ExportedArtifact | str:
+    """The converted file, or why the converter could not convert (a finding for the report, not a crash)."""
+    try:
+        return convert()
+    except Exception as e:  # recorded and reported by on_onnxruntime
+        return failure_reason(e)
+
+
+def time_pair(ctx: RunContext, stage: Stage, fp32_predict: Callable[[np.ndarray], np.ndarray],
+              int8_predict: Callable[[np.ndarray], np.ndarray], where: str) -> tuple[dict, dict, dict]:
+    """fp32 and int8 latency per batch size, timed in alternation in one load window, and the int8 speed-up."""
+    cfg: QuantizeStage = stage.config
+    fp32_lat, int8_lat, speedup = {}, {}, {}
+    for bs in cfg.measure.batch_sizes:
+        x = ctx.stream.val_images(bs)
+        ctx.progress.say(f"{stage.name}: fp32 and int8 latency{where} at batch {bs}, alternating "
+                         f"({cfg.measure.warmup} warm-up, {cfg.measure.repeats} timed each)")
+        fp32_predict(x), int8_predict(x)  # first calls outside the window (a runtime may compile per shape)
+        with LoadMeter() as load:
+            times = time_alternating({"fp32": lambda: fp32_predict(x), "int8": lambda: int8_predict(x)},
+                                     cfg.measure.warmup, cfg.measure.repeats)
+        window = load.record()  # one window: fp32 and int8 were timed in alternation
+        fp32_lat[str(bs)] = {**latency_summary(times["fp32"]), "load": window}
+        int8_lat[str(bs)] = {**latency_summary(times["int8"]), "load": dict(window)}
+        if load.warning(f"the batch-{bs} int8/fp32 latency{where}"):
+            ctx.progress.say(load.warning(f"the batch-{bs} int8/fp32 latency{where}"))
+        speedup[str(bs)] = fp32_lat[str(bs)]["p50_ms"] / int8_lat[str(bs)]["p50_ms"]
+    return fp32_lat, int8_lat, speedup
+
+
+def on_onnxruntime(ctx: RunContext, stage: Stage, fp32_artifact: ExportedArtifact,
+                   fp32_onnx: ExportedArtifact | str, qm: QuantizedModel, record: dict) -> dict[str, Any]:
+    """The fp32 file and the int8 file, each converted by the framework's converter, on ONNX Runtime: each
+    checked against the framework's own file of the same model (max logit difference, top-1 agreement), their
+    accuracy, the int8 drop and the int8 speed-up there. What separates the model from the runtime: the same
+    int8 model on a neutral runtime. A file that does not convert or load is recorded with the reason."""
+    cfg: QuantizeStage = stage.config
+    name = onnx_runtime.runtime_name()
+    int8_onnx = convert_or_reason(lambda: ctx.backend.export_quantized_onnx(
+        qm, ctx.stream.val_images(2), ctx.out_dir / "artifacts" / cfg.outputs()[0] / "int8.onnx"))
+    failed = [f"{kind}: {conv}" for kind, conv in (("fp32", fp32_onnx), ("int8", int8_onnx)) if isinstance(conv, str)]
+    probe = ctx.stream.val_images(ctx.recipe.parity.probe_batch)
+    try:
+        if failed:
+            raise RuntimeError("; ".join(failed))
+        fp32_predict = onnx_runtime.load_predictor(fp32_onnx.entry, ctx.threads)
+        int8_predict = onnx_runtime.load_predictor(int8_onnx.entry, ctx.threads)
+        checks = {"fp32": logit_difference(ctx.backend.load_artifact(fp32_artifact, ctx.threads)(probe),
+                                           fp32_predict(probe)),
+                  "int8": logit_difference(qm.predict(probe), int8_predict(probe))}
+    except Exception as e:  # recorded and reported: a path that does not convert is a finding
+        reason = "; ".join(failed) if failed else failure_reason(e)
+        ctx.progress.say(f"{stage.name}: fp32/int8 pair on ONNX Runtime unavailable ({reason})")
+        return {"status": "unavailable", "reason": reason, "runtime": name}
+    fp32_logits, labels = predict_validation(fp32_predict, ctx.stream)
+    int8_logits, _ = predict_validation(int8_predict, ctx.stream)
+    pairs = paired_predictions(fp32_logits.argmax(1), int8_logits.argmax(1), labels)
+    fp32_lat, int8_lat, speedup = time_pair(ctx, stage, fp32_predict, int8_predict, " on ONNX Runtime")
+    root = ctx.out_dir
+    out: dict[str, Any] = {"status": "ok", "runtime": name, "threads": ctx.threads, "speedup": speedup,
+                           "accuracy_drop": -pairs["diff"], "comparison": pairs}
+    for kind, art, logits, lat in (("fp32", fp32_onnx, fp32_logits, fp32_lat), ("int8", int8_onnx, int8_logits,
+                                                                                int8_lat)):
+        out[kind] = {**artifact_record(art, root), "runtime": name, "vs_artifact": checks[kind],
+                     **classification_metrics(logits, labels), "latency": lat}
+    b1 = str(cfg.measure.batch_sizes[0])
+    ctx.progress.say(f"{stage.name}: on ONNX Runtime int8 {out['int8']['size_mb']:.2f} MB, top1 "
+                     f"{out['fp32']['top1'] * 100:.2f}% -> {out['int8']['top1'] * 100:.2f}% (int8 file vs "
+                     f"{record['int8']['runtime']}: top-1 agreement {checks['int8']['argmax_agree'] * 100:.1f}%), "
+                     f"batch {b1} p50 {fp32_lat[b1]['p50_ms']:.2f} -> {int8_lat[b1]['p50_ms']:.2f} ms "
+                     f"({speedup[b1]:.2f}x)")
+    return out
 
 
 def measure_pair(ctx: RunContext, stage: Stage, fp32_artifact: ExportedArtifact, qm: QuantizedModel) -> dict[str, Any]:
     """Accuracy, per-sample agreement, size and latency of the int8 artifact next to its fp32 artifact."""
     cfg: QuantizeStage = stage.config
+    if qm.info.get("fp32_runtime"):  # the int8 runtime compiles its program: the fp32 parent is compiled the same way
+        fp32_artifact = dataclasses.replace(fp32_artifact, extra={**fp32_artifact.extra,
+                                                                  "runtime": qm.info["fp32_runtime"]})
     fp32_predict = ctx.backend.load_artifact(fp32_artifact, ctx.threads)
     fp32_logits, labels = predict_validation(fp32_predict, ctx.stream)
     int8_logits, _ = predict_validation(qm.predict, ctx.stream)
@@ -126,25 +220,17 @@ def measure_pair(ctx: RunContext, stage: Stage, fp32_artifact: ExportedArtifact,
     pred_path = pred_dir / f"{stage.name}__{cfg.outputs()[0]}.npz"
     np.savez_compressed(pred_path, pred_fp32=pred_fp32.astype(np.int16), pred_int8=pred_int8.astype(np.int16),
                         label=labels.astype(np.int16))
-    fp32_lat, int8_lat, speedup = {}, {}, {}
-    for bs in cfg.measure.batch_sizes:
-        x = ctx.stream.val_images(bs)
-        ctx.progress.say(f"{stage.name}: fp32 and int8 latency at batch {bs}, alternating "
-                         f"({cfg.measure.warmup} warm-up, {cfg.measure.repeats} timed each)")
-        with LoadMeter() as load:
-            times = time_alternating({"fp32": lambda: fp32_predict(x), "int8": lambda: qm.predict(x)},
-                                     cfg.measure.warmup, cfg.measure.repeats)
-        window = load.record()  # one window: fp32 and int8 were timed in alternation
-        fp32_lat[str(bs)] = {**latency_summary(times["fp32"]), "load": window}
-        int8_lat[str(bs)] = {**latency_summary(times["int8"]), "load": dict(window)}
-        if load.warning(f"the batch-{bs} int8/fp32 latency"):
-            ctx.progress.say(load.warning(f"the batch-{bs} int8/fp32 latency"))
-        speedup[str(bs)] = fp32_lat[str(bs)]["p50_ms"] / int8_lat[str(bs)]["p50_ms"]
+    fp32_lat, int8_lat, speedup = time_pair(ctx, stage, fp32_predict, qm.predict, "")
     root = ctx.out_dir
-    fp32_rec = {**artifact_record(fp32_artifact, root), "runtime": ctx.backend.runtime_name(), **fp32_acc,
-                "latency": fp32_lat}
+    fp32_rec = {**artifact_record(fp32_artifact, root), "runtime": ctx.backend.runtime_name(fp32_artifact),
+                **fp32_acc, "latency": fp32_lat}
     int8_rec = {**artifact_record(qm.artifact, root), "runtime": qm.info["runtime"], "engine": qm.info["engine"],
                 **int8_acc, "latency": int8_lat}
+    # A runtime that compiles at load (pt2e's Inductor): the seconds it took, outside every timed window.
+    if getattr(fp32_predict, "compile_s", None) is not None:
+        fp32_rec["compile_s"] = fp32_predict.compile_s
+    if qm.info.get("compile_s") is not None:
+        int8_rec["compile_s"] = qm.info["compile_s"]
     size_ratio = int8_rec["size_bytes"] / fp32_rec["size_bytes"]
     b1 = str(cfg.measure.batch_sizes[0])
     ctx.progress.say(f"{stage.name}: int8 {int8_rec['size_mb']:.2f} MB ({size_ratio * 100:.0f}% of fp32), top1 "
@@ -159,9 +245,56 @@ def measure_pair(ctx: RunContext, stage: Stage, fp32_artifact: ExportedArtifact,
             "kernel_notes": qm.info.get("kernel_notes", [])}
 
 
+def ok_onnx_pair(record: dict) -> list[dict]:
+    """The stage's fp32/int8 pair on ONNX Runtime, when both converted and ran (none in results from before)."""
+    ort = (record.get("runtimes") or {}).get(onnx_runtime.NAME)
+    return [ort] if ort and ort.get("status") == "ok" else []
+
+
+def onnx_pair_section(ix: ReportIndex) -> str:
+    """The int8 file and its fp32 parent on ONNX Runtime: how far each ONNX file is from its framework's own
+    file, the int8 drop there, and the int8 speed-up on a runtime both frameworks share."""
+    rows, notes = [], []
+    batch_sizes = sorted({bs for b in ix.backends for _, st in ix.stage_records(b, "quantize")
+                          for ort in ok_onnx_pair(st) for bs in ort["fp32"]["latency"]}, key=batch_order)
+    for b in ix.backends:
+        for seed, st in ix.stage_records(b, "quantize"):
+            ort = (st.get("runtimes") or {}).get(onnx_runtime.NAME)
+            if not ort:
+                continue
+            if ort["status"] != "ok":
+                notes.append(f"- {title(b)} `{st['name']}` seed {seed}: unavailable on ONNX Runtime ({ort['reason']}).\n")
+                continue
+            fp, q = ort["fp32"], ort["int8"]
+            check = q["vs_artifact"]
+            lat = [f"{fp['latency'][bs]['p50_ms']:.2f} → {q['latency'][bs]['p50_ms']:.2f} "
+                   f"(×{q['latency'][bs]['p50_ms'] / fp['latency'][bs]['p50_ms']:.2f}; own runtime "
+                   f"×{st['int8']['latency'][bs]['p50_ms'] / st['fp32']['latency'][bs]['p50_ms']:.2f})"
+                   if bs in fp["latency"] and bs in q["latency"] and bs in st["int8"]["latency"] else "–"
+                   for bs in batch_sizes]
+            rows.append([f"`{st['name']}`", title(b), str(seed), q["format"],
+                         f"{check['max_abs']:.2g} (largest logit {check['ref_scale']:.2g})",
+                         f"{check['argmax_agree'] * 100:.1f}%",
+                         f"{fp['top1'] * 100:.2f}% → {q['top1'] * 100:.2f}%"] + lat)
+    if not rows and not notes:
+        return ""
+    out = ["**The same fp32 and int8 models on ONNX Runtime** (each framework's converter; int8 as "
+           "QuantizeLinear/DequantizeLinear pairs):\n\n"]
+    if rows:
+        out.append(table(["stage", "backend", "seed", "int8 ONNX file", "\\|Δlogit\\| vs the int8 artifact",
+                          "top-1 agreement", "top-1 fp32 → int8"]
+                         + [f"batch {bs} p50 ms fp32 → int8 (ratio)" for bs in batch_sizes], rows))
+    out.append("\n" + "".join(notes))
+    out.append("\nOne runtime for both frameworks' files, fp32 and int8 timed in alternation: the int8 ratio here "
+               "is the quantized model's, the ratio on each framework's own runtime adds its int8 kernels. The "
+               "logit difference compares the int8 ONNX file with the framework's int8 artifact on the parity probe "
+               "batch (the two runtimes may round differently).\n\n")
+    return "".join(out)
+
+
 def quantization_section(ix: ReportIndex) -> str:
     """int8 artifact next to the fp32 artifact of the same weights, per backend and seed."""
-    rows, lowerings, starts, warned, kernels = [], {}, set(), {}, {}
+    rows, lowerings, starts, warned, kernels, compiles = [], {}, set(), {}, {}, {}
     batch_sizes = sorted({bs for b in ix.backends for _, st in ix.stage_records(b, "quantize")
                           for bs in st["fp32"]["latency"]}, key=batch_order)
     for b in ix.backends:
@@ -179,7 +312,9 @@ def quantization_section(ix: ReportIndex) -> str:
                          f"{fp['top1'] * 100:.2f}% → {q['top1'] * 100:.2f}%",
                          f"{st['accuracy_drop'] * 100 + 0.0:+.2f} [{lo * 100 + 0.0:+.2f}, {hi * 100 + 0.0:+.2f}]",
                          f"{cmp['agreement'] * 100:.1f}%", f"{cmp['mcnemar_p']:.3g}"] + lat)
-            lowerings[b] = st["lowering"]
+            lowerings[(b, st["name"])] = st["lowering"]
+            if q.get("compile_s") is not None:
+                compiles.setdefault((b, st["name"]), []).append((fp.get("compile_s"), q["compile_s"]))
             starts.add(f"{title(b)}: {st['start_weights']}")
             warned.setdefault(b, set()).update(st.get("framework_warnings", []))
             for note in st.get("kernel_notes", []):
@@ -190,9 +325,18 @@ def quantization_section(ix: ReportIndex) -> str:
            table(["stage", "backend", "seed", "mode", "file MB fp32 → int8", "top-1 fp32 → int8",
                    "drop, pts [95% CI]", "same prediction", "McNemar p"]
                   + [f"batch {bs} p50 ms fp32 → int8 (ratio)" for bs in batch_sizes], rows), "\n"]
-    for b, lw in lowerings.items():
-        out.append(f"- {title(b)}: {lw['tool']}; weights {lw['weights']}; activations "
-                   f"{lw['activations']}; calibration {lw['calibration']}; int8 runtime {lw['runtime']}.\n")
+    several = len({name for _, name in lowerings}) > 1  # then each line names its stage
+    for (b, name), lw in lowerings.items():
+        engine = f" (engine {lw['engine']})" if lw.get("engine") and lw["engine"] not in lw["tool"] else ""
+        out.append(f"- {title(b)}{f' `{name}`' if several else ''}: {lw['tool']}{engine}; weights {lw['weights']}; "
+                   f"activations {lw['activations']}; calibration {lw['calibration']}; int8 runtime "
+                   f"{lw['runtime']}.\n")
+    for (b, name), times in compiles.items():
+        fp32 = [f for f, _ in times if f is not None]
+        out.append(f"- {title(b)} `{name}`: the int8 program compiled at load for batch 1 and 2 in "
+                   f"{fmt_values([q for _, q in times], digits=1)} s"
+                   + (f", its fp32 parent in {fmt_values(fp32, digits=1)} s" if fp32 else "")
+                   + "; every other batch size compiles on its first call, made before the timed window.\n")
     out.append("- Quantization started from " + "; ".join(sorted(starts)) + ".\n")
     out.append("- Both files are measured with the same inputs, warm-up, repeats and threads, timed in alternation "
                "(fp32, int8, fp32, ...); the drop is fp32 top-1 minus int8 top-1 on the validation split with a "
@@ -256,6 +400,10 @@ class Quantize(StageType):
             raise RecipeError(source, f"{path}.model", "a model trained by an earlier train/distill stage (or "
                               "pruned from one): quantizing untrained weights gives meaningless int8 outputs",
                               f"{cfg.model} (initial weights)")
+        if cfg.torch_engine == "pt2e" and cfg.mode != "ptq_static":
+            raise RecipeError(source, f"{path}.torch_engine", "'fx' for mode '" + cfg.mode + "' (the pt2e engine "
+                              "runs ptq_static here: pt2e QAT trains an exported graph the training loop does not "
+                              "drive)", cfg.torch_engine)
         if cfg.mode == "qat" and cfg.model in state.masked:
             raise RecipeError(source, f"{path}.mode", "'ptq_static' for a magnitude-pruned model: fake-quant "
                               "training would regrow the pruned weights", cfg.mode)
@@ -286,6 +434,12 @@ class Quantize(StageType):
             metric("size", f"file `{slot}`", " MB", False).add(backend, seed, rec["size_mb"])
             for bs, lat in rec["latency"].items():
                 metric("latency", f"batch {bs} p50 `{slot}`", " ms", False).add(backend, seed, lat["p50_ms"])
+        for ort in ok_onnx_pair(record):  # like with like: the int8 model on ONNX Runtime on both frameworks
+            metric("accuracy", f"top-1 `{record['model']}` on ONNX Runtime", "%", True, 100).add(
+                backend, seed, ort["int8"]["top1"])
+            for bs, lat in ort["int8"]["latency"].items():
+                metric("latency", f"batch {bs} p50 `{record['model']}` on ONNX Runtime", " ms", False).add(
+                    backend, seed, lat["p50_ms"])
         if record.get("qat"):
             metric("training time", f"`{record['name']}` QAT ({record['qat']['steps']} steps)", " s", False,
                    digits=1).add(backend, seed, record["qat"]["train_time_s"])
@@ -302,6 +456,14 @@ class Quantize(StageType):
         add(result, name, model, "prediction_agreement", record["comparison"]["agreement"])
         for bs, v in record["speedup"].items():
             add(result, name, model, f"speedup_b{bs}", v)
+        for ort in ok_onnx_pair(record):
+            for kind in ("fp32", "int8"):
+                add(result, name, model, f"onnxruntime_{kind}_top1", ort[kind]["top1"])
+                add(result, name, model, f"onnxruntime_{kind}_max_abs_logit_diff", ort[kind]["vs_artifact"]["max_abs"])
+                for bs, lat in ort[kind]["latency"].items():
+                    add(result, name, model, f"onnxruntime_{kind}_latency_b{bs}_p50_ms", lat["p50_ms"])
+            for bs, v in ort["speedup"].items():
+                add(result, name, model, f"onnxruntime_speedup_b{bs}", v)
         if record.get("qat"):
             for k in ("train_time_s", "time_per_step_s"):
                 add(result, name, model, k, record["qat"][k])
@@ -315,14 +477,21 @@ class Quantize(StageType):
         latency = [("latency", slot, f"`{slot}`'s batch-{bs} latency", lat.get("load"))
                    for kind, slot in (("fp32", record["source"]), ("int8", record["model"]))
                    for bs, lat in record[kind]["latency"].items()]
+        latency += [("latency", slot, f"`{slot}`'s batch-{bs} latency on ONNX Runtime", lat.get("load"))
+                    for ort in ok_onnx_pair(record)
+                    for kind, slot in (("fp32", record["source"]), ("int8", record["model"]))
+                    for bs, lat in ort[kind]["latency"].items()]
         return latency + super().timings(record)
 
     def timed_artifacts(self, record: dict) -> list[tuple[str, dict, str]]:
-        return [("fp32", record["fp32"], "fp32"), ("int8", record["int8"], "int8")]
+        return ([("fp32", record["fp32"], "fp32"), ("int8", record["int8"], "int8")]
+                + [(f"runtimes.onnxruntime.{kind}", ort[kind], "onnx") for ort in ok_onnx_pair(record)
+                   for kind in ("fp32", "int8")])
 
     def retimed(self, record: dict) -> None:
-        fp, q = record["fp32"]["latency"], record["int8"]["latency"]
-        record["speedup"] = {bs: fp[bs]["p50_ms"] / q[bs]["p50_ms"] for bs in fp if bs in q}
+        for rec in [record] + ok_onnx_pair(record):
+            fp, q = rec["fp32"]["latency"], rec["int8"]["latency"]
+            rec["speedup"] = {bs: fp[bs]["p50_ms"] / q[bs]["p50_ms"] for bs in fp if bs in q}
         record["latency_ratio"] = {bs: 1 / v for bs, v in record["speedup"].items()}
 
     def histories(self, record: dict) -> list[list[dict]]:
@@ -330,7 +499,7 @@ class Quantize(StageType):
         return [hist] if hist else []
 
     def section(self, ix: ReportIndex, run_dir: Path, meta: dict) -> str:
-        out = quantization_section(ix)
+        out = quantization_section(ix) + onnx_pair_section(ix)
         items = []
         for b in ix.backends:
             by_stage: dict[str, list[tuple[int, dict]]] = {}

@@ -2,11 +2,15 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from tests.integration.test_run_recipe import cli
+from tests.integration.test_run_recipe import ROOT, cli
 
 pytestmark = [pytest.mark.torch, pytest.mark.paddle]
 
@@ -29,10 +33,15 @@ def smoke(out: Path, recipe: str) -> Path:
 
 
 def weight_bytes(seed_dir: Path, files: list[str]) -> int:
-    """Bytes of the weight payload: the whole file for torch (.pt2 / .pt), the .pdiparams file for Paddle
-    (its .pdmodel program grows with the quantize/dequantize ops and dominates for a tiny model)."""
+    """Bytes of the weight payload: the tensors inside torch's zip files (.pt2 program, frozen TorchScript .pt),
+    the .pdiparams file for Paddle (programs and code grow with the quantize/dequantize ops and dominate for a
+    tiny model)."""
     paths = [seed_dir / f for f in files]
     params = [p for p in paths if p.suffix == ".pdiparams"]
+    if len(paths) == 1 and paths[0].suffix in (".pt2", ".pt"):  # zips: their tensors, not code, graph or pickles
+        with zipfile.ZipFile(paths[0]) as z:
+            return sum(i.file_size for i in z.infolist() if any(
+                part in i.filename for part in ("/data/weights/", "/data/constants/", "/constants/")))
     return sum(p.stat().st_size for p in (params or paths))
 
 
@@ -48,6 +57,32 @@ def check_int8(run: Path, backend: str, stage: dict, max_ratio: float = 0.4, max
     for bs in ("1", "4"):
         assert int8["latency"][bs]["repeats"] == fp32["latency"][bs]["repeats"] == 3
     assert "int8" in int8["runtime"] or "int8" in int8["format"] or "fbgemm" in int8["runtime"]
+    check_int8_on_onnxruntime(seed_dir, stage, max_drop)
+
+
+def check_int8_on_onnxruntime(seed_dir: Path, stage: dict, max_drop: float) -> None:
+    """The pair converted by the framework's converter runs on ONNX Runtime: the int8 file holds real int8
+    weights behind QuantizeLinear/DequantizeLinear pairs, follows its fp32 twin, and was timed with it."""
+    onnx = pytest.importorskip("onnx")
+    ort = stage["runtimes"]["onnxruntime"]
+    assert ort["status"] == "ok", ort
+    assert ort["runtime"].startswith("ONNX Runtime") and "QDQ" in ort["int8"]["format"]
+    graph = onnx.load(str(seed_dir / ort["int8"]["entry"])).graph
+    ops = {n.op_type for n in graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops, ops
+    # weights as initializers (paddle2onnx) or as Constant nodes (torch's TorchScript-based exporter)
+    tensors = list(graph.initializer) + [a.t for n in graph.node if n.op_type == "Constant" for a in n.attribute
+                                         if a.type == onnx.AttributeProto.TENSOR]
+    int8_weights = sum(np.prod(t.dims) for t in tensors if t.data_type == onnx.TensorProto.INT8)
+    assert int8_weights > 0, "no int8 initializers: the ONNX file is not int8"
+    assert ort["fp32"]["vs_artifact"]["argmax_agree"] == 1.0 and ort["fp32"]["vs_artifact"]["max_rel"] < 1e-4
+    assert 0 <= ort["int8"]["vs_artifact"]["argmax_agree"] <= 1
+    assert ort["comparison"]["agreement"] >= 0.8, "int8 on ONNX Runtime agrees with fp32 on too few samples"
+    assert abs(ort["accuracy_drop"]) < max_drop
+    for bs in ("1", "4"):
+        assert ort["int8"]["latency"][bs]["repeats"] == ort["fp32"]["latency"][bs]["repeats"] == 3
+        assert ort["speedup"][bs] == pytest.approx(ort["fp32"]["latency"][bs]["p50_ms"]
+                                                   / ort["int8"]["latency"][bs]["p50_ms"])
 
 
 def test_ptq_smoke_on_both_backends_is_real_int8_and_resume_reopens_the_int8_artifact(tmp_path: Path):
@@ -64,7 +99,8 @@ def test_ptq_smoke_on_both_backends_is_real_int8_and_resume_reopens_the_int8_art
         path.write_text(json.dumps(dict(r, status="failed", stages=r["stages"][:2])))
     assert result(run, "paddle")["stages"][1]["start_weights"] == "torch's trained weights of 'fp32'"
     report = (run / "report.md").read_text()
-    for text in ("## Quantization", "quant_post_static", "prepare_fx", "McNemar", "fbgemm"):
+    for text in ("## Quantization", "quant_post_static", "prepare_fx", "McNemar", "fbgemm",
+                 "The same fp32 and int8 models on ONNX Runtime", "ONNX QDQ (opset 17", "ONNX QDQ (opset 13"):
         assert text in report, text
     p = cli("run-recipe", "--resume", str(run))
     assert p.returncode == 0, p.stdout + p.stderr
@@ -139,3 +175,30 @@ def test_torch_int8_names_depthwise_channel_counts_its_kernels_are_slow_at(tmp_p
         notes[pruned] = qm.info["kernel_notes"]
     assert notes[False] == []
     assert len(notes[True]) == 1 and "multiples of 8" in notes[True][0] and "22, 67, 100" in notes[True][0]
+
+
+@pytest.mark.torch
+def test_pt2e_engine_is_real_int8_compiled_by_inductor_beside_a_compiled_fp32_parent(tmp_path: Path):
+    pytest.importorskip("torchao")
+    p = cli("run-recipe", "quant_ptq_resnet50", "--profile", "smoke", "--backend", "torch", "--out", str(tmp_path),
+            "--set", "stages.ptq.torch_engine=pt2e")
+    assert p.returncode == 0, p.stdout + p.stderr
+    run = run_dir(tmp_path, "quant_ptq_resnet50")
+    ptq = result(run, "torch")["stages"][1]
+    assert ptq["lowering"]["engine"] == "pt2e-x86-inductor" and "X86InductorQuantizer" in ptq["lowering"]["tool"]
+    assert ptq["int8"]["engine"] == "pt2e-x86-inductor" and ptq["int8"]["entry"].endswith(".pt2")
+    # like for like: the fp32 parent runs compiled by Inductor too, and both compile outside the timed windows
+    assert "torch.compile" in ptq["int8"]["runtime"] and "torch.compile" in ptq["fp32"]["runtime"]
+    assert ptq["int8"]["compile_s"] > 0 and ptq["fp32"]["compile_s"] > 0
+    # the tiny smoke model keeps a few thousand weights beside per-channel scales and graph metadata
+    check_int8(run, "torch", ptq, max_ratio=0.9, max_drop=0.2)
+    report = (run / "report.md").read_text()
+    assert "(engine pt2e-x86-inductor)" in report and "compiled at load for batch 1 and 2 in" in report
+    assert "dynamo of the pt2e int8 model" in report
+    # a fresh process reopens and re-times both compiled programs (the paired timing phase's worker)
+    p = subprocess.run([sys.executable, "-m", "common.run.worker", "time", str(run), "--backend", "torch", "--seed",
+                        "0", "--threads", "2", "--round", "0"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout + p.stderr
+    timed = json.loads((run / "timing" / "seed-0" / "round-0.torch.json").read_text())
+    assert timed["status"] == "ok" and {i["key"] for i in timed["items"]} >= {"fp32", "int8"}
+    assert all(i["latency"]["1"]["repeats"] == 3 for i in timed["items"])

@@ -130,6 +130,47 @@ def test_quantization_section_and_rows(tmp_path: Path):
     assert rows["size_ratio"] == 0.25 and rows["speedup_b1"] == 4.0 and rows["int8_latency_b1_p50_ms"] == 2.5
 
 
+def _onnx_pair(fp32_ms: float, int8_ms: float) -> dict:
+    lat = lambda ms: {"1": {"p50_ms": ms, "p90_ms": ms * 1.1}}  # noqa: E731
+    art = lambda kind, fmt: {"format": fmt, "files": [f"artifacts/int8/{kind}.onnx/model.onnx"],  # noqa: E731
+                             "entry": f"artifacts/int8/{kind}.onnx/model.onnx", "extra": {}, "size_bytes": 10,
+                             "size_mb": 1e-5, "runtime": "ORT 9"}
+    return {"status": "ok", "runtime": "ORT 9", "threads": 2, "speedup": {"1": fp32_ms / int8_ms},
+            "accuracy_drop": 0.02, "comparison": {"agreement": 0.97},
+            "fp32": {**art("fp32", "ONNX (opset 17)"), "top1": 0.96, "latency": lat(fp32_ms),
+                     "vs_artifact": {"max_abs": 1e-6, "max_rel": 1e-7, "ref_scale": 9.0, "argmax_agree": 1.0}},
+            "int8": {**art("int8", "ONNX QDQ (opset 17)"), "top1": 0.94, "latency": lat(int8_ms),
+                     "vs_artifact": {"max_abs": 0.5, "max_rel": 0.05, "ref_scale": 10.0, "argmax_agree": 0.99}}}
+
+
+def test_int8_pair_on_onnx_runtime_section_rows_and_reasons(tmp_path: Path):
+    torch_r = _result("torch", 0, {"fp32": 0.96, "int8": 0.95})
+    torch_r["stages"].insert(0, {**_quant_stage(10.0, 8.0), "runtimes": {"onnxruntime": _onnx_pair(4.0, 2.0)}})
+    paddle_r = _result("paddle", 0, {"fp32": 0.96, "int8": 0.95})
+    paddle_r["stages"].insert(0, {**_quant_stage(9.0, 3.0), "runtimes": {"onnxruntime": {
+        "status": "unavailable", "runtime": "ORT 9", "reason": "int8: RuntimeError: op fancy"}}})
+    run = _write_run(tmp_path, [torch_r, paddle_r])
+    md = build_markdown(run, load_results(run), META)
+    assert "**The same fp32 and int8 models on ONNX Runtime**" in md
+    assert ("| `ptq` | PyTorch | 0 | ONNX QDQ (opset 17) | 0.5 (largest logit 10) | 99.0% | 96.00% → 94.00% | "
+            "4.00 → 2.00 (×0.50; own runtime ×0.80) |") in md
+    assert "- PaddlePaddle `ptq` seed 0: unavailable on ONNX Runtime (int8: RuntimeError: op fancy).\n" in md
+    # like with like: the int8 model on ONNX Runtime gets its own rows, empty where one side did not convert
+    assert "| latency | batch 1 p50 `int8` on ONNX Runtime | 2.00 ms | – | – |" in md
+    assert "| accuracy | top-1 `int8` on ONNX Runtime | 94.00% | – | – |" in md
+    rows = {x["metric"]: x["value"] for x in flat_rows(load_results(run)) if x["stage"] == "ptq"
+            and x["backend"] == "torch"}
+    assert rows["onnxruntime_speedup_b1"] == 2.0 and rows["onnxruntime_int8_latency_b1_p50_ms"] == 2.0
+    assert rows["onnxruntime_int8_max_abs_logit_diff"] == 0.5
+    from common.stages.registry import stage_type
+    rec = load_results(run)[0]["stages"][0]
+    assert [k for k, _, kind in stage_type("quantize").timed_artifacts(rec)] == [
+        "fp32", "int8", "runtimes.onnxruntime.fp32", "runtimes.onnxruntime.int8"]
+    rec["runtimes"]["onnxruntime"]["int8"]["latency"]["1"]["p50_ms"] = 1.0  # as the paired phase re-times it
+    stage_type("quantize").retimed(rec)
+    assert rec["runtimes"]["onnxruntime"]["speedup"] == {"1": 4.0} and rec["speedup"] == {"1": 1.25}
+
+
 def test_per_sample_agreement_between_frameworks_hand_computed(tmp_path: Path):
     labels = np.array([0, 1, 2, 3, 0, 1], dtype=np.int16)
     preds = {"torch": np.array([0, 1, 2, 3, 1, 1]), "paddle": np.array([0, 1, 2, 0, 0, 2])}
