@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -145,6 +146,9 @@ def main() -> int:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--rounds", type=int, default=1,
+                   help="run the configurations this many times in A B B A order (the same machine state for "
+                        "each); a row is the median over rounds of each process's median step")
     p.add_argument("--json", type=Path)
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("--weights", type=Path, help=argparse.SUPPRESS)
@@ -166,7 +170,9 @@ def main() -> int:
         weights = Path(tmp.name) / f"{arch}.npz"
         subprocess.run([sys.executable, __file__, "--worker", "init", "--archs", arch, "--weights", str(weights)],
                        check=True, env=worker_env(1), cwd=ROOT)
-        for config in configs:
+        order = [c for r in range(a.rounds) for c in (configs if r % 2 == 0 else configs[::-1])]
+        per_config: dict[str, list[dict]] = {}
+        for config in order:
             proc = subprocess.run([sys.executable, __file__, "--worker", config, "--archs", arch, "--batch",
                                    str(a.batch), "--image-size", str(a.image_size), "--warmup", str(a.warmup),
                                    "--steps", str(a.steps), "--threads", str(a.threads), "--weights", str(weights)],
@@ -174,13 +180,21 @@ def main() -> int:
                                   text=True)
             if proc.returncode != 0:  # a configuration that crashes is a result too (paddle-onednn-all, ResNet50)
                 last = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()][-1:] or ["(no output)"]
-                rows.append({"config": config, "arch": arch, "failed": f"exit {proc.returncode}: {last[0][:120]}"})
-                print(f"[{arch} {config}] failed ({rows[-1]['failed']})", file=sys.stderr, flush=True)
+                per_config.setdefault(config, []).append(
+                    {"config": config, "arch": arch, "failed": f"exit {proc.returncode}: {last[0][:120]}"})
+                print(f"[{arch} {config}] failed ({per_config[config][-1]['failed']})", file=sys.stderr, flush=True)
                 continue
-            rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-            r = rows[-1]
+            r = json.loads(proc.stdout.strip().splitlines()[-1])
+            per_config.setdefault(config, []).append(r)
             print(f"[{arch} {config}] {r['step_s']:.3f} s/step, gradient error vs float64 median "
                   f"{r['grad_rel_err_median']:.1e} max {r['grad_rel_err_max']:.1e}", file=sys.stderr, flush=True)
+        for config in configs:
+            done = [r for r in per_config[config] if "failed" not in r]
+            if not done:
+                rows.append(per_config[config][0])
+                continue
+            rows.append({**done[0], "step_s": float(statistics.median(r["step_s"] for r in done)),
+                         "step_s_per_round": [r["step_s"] for r in done], "rounds": len(done)})
     print(f"\n{'arch':14} {'config':18} {'s/step':>8} {'first step':>11} {'vs torch-tuned':>15} "
           f"{'grad err median':>16} {'grad err max':>13}")
     for r in rows:
@@ -193,7 +207,8 @@ def main() -> int:
         print(f"{r['arch']:14} {r['config']:18} {r['step_s']:8.3f} {r['first_step_s']:11.3f} {ratio} "
               f"{r['grad_rel_err_median']:16.1e} {r['grad_rel_err_max']:13.1e}")
     print(f"\nbatch {a.batch}, {a.image_size} px, {a.threads} thread(s) (paddle-1thread: 1), median of {a.steps} steps "
-          f"after {a.warmup} warm-up step(s), one process per row; gradient error: relative L2 error per weight "
+          f"after {a.warmup} warm-up step(s), one process per row and round ({a.rounds} round(s), A B B A, median over "
+          "rounds); gradient error: relative L2 error per weight "
           "tensor against float64 gradients of the same (torch-initialised) weights and batch")
     if a.json:
         a.json.write_text(json.dumps(rows, indent=1))
