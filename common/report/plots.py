@@ -42,15 +42,23 @@ def _slot(what: str) -> str | None:
     return parts[1] if len(parts) >= 3 else None
 
 
-def pareto_figure(metrics: list[Metric], backends: list[str], x_group: str, name: str) -> Figure | None:
-    """Accuracy against latency (batch 1) or file size, one point per model and backend, error bars = std."""
-    acc = {_slot(m.what): m for m in metrics if m.group == "accuracy"}
+def pareto_metrics(metrics: list[Metric], x_group: str) -> tuple[dict[str, Metric], dict[str, Metric]]:
+    """slot -> accuracy metric and slot -> latency (batch 1) or size metric: each model's own row only. Rows on
+    another runtime (`... on ONNX Runtime`, `... on each framework's best runtime`) name the same slot and would
+    otherwise replace it."""
+    acc = {_slot(m.what): m for m in metrics if m.group == "accuracy" and m.what.endswith("`")}
     if x_group == "latency":
-        xs = {_slot(m.what): m for m in metrics if m.group == "latency" and m.what.startswith("batch 1 ")}
-        xlabel = "batch-1 latency, p50 (ms, log scale)"
+        xs = {_slot(m.what): m for m in metrics if m.group == "latency" and m.what.startswith("batch 1 ")
+              and m.what.endswith("`")}
     else:
         xs = {_slot(m.what): m for m in metrics if m.group == "size"}
-        xlabel = "file on disk (MB, log scale)"
+    return acc, xs
+
+
+def pareto_figure(metrics: list[Metric], backends: list[str], x_group: str, name: str) -> Figure | None:
+    """Accuracy against latency (batch 1) or file size, one point per model and backend, error bars = std."""
+    acc, xs = pareto_metrics(metrics, x_group)
+    xlabel = "batch-1 latency, p50 (ms, log scale)" if x_group == "latency" else "file on disk (MB, log scale)"
     slots = [s for s in acc if s in xs]
     if not slots:
         return None
@@ -88,7 +96,9 @@ def pareto_figure(metrics: list[Metric], backends: list[str], x_group: str, name
     ax.set_title(f"Accuracy vs {what}: up and to the left is better")
     return Figure(name, f"Accuracy vs {what}",
                   f"Each point is one model on one framework: mean over seeds, bars = std over seeds. "
-                  f"{'Latency' if what == 'latency' else 'Size'} is measured on the exported (or int8) file.",
+                  f"{'Latency' if what == 'latency' else 'Size'} is measured on the exported (or int8) file"
+                  + (", on each framework's reference runtime (the other runtimes are in the decision summary)."
+                     if what == "latency" else "."),
                   png(fig))
 
 

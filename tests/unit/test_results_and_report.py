@@ -326,3 +326,13 @@ def test_best_runtime_section_names_the_choice_and_every_candidate(tmp_path: Pat
     assert "| `student` | PaddlePaddle | own-rt | own-rt (2.90 ms); native (incorrect) | 3.00 |" in md
     # best against best: the chosen path's latency, or the reference's where the reference was fastest
     assert "| latency | batch 1 p50 `student` on each framework's best runtime | 1.50 ms | 3.00 ms |" in md
+
+
+def test_pareto_plots_take_each_models_own_row_not_its_other_runtimes(tmp_path: Path):
+    from common.report.decision import collect_metrics
+    from common.report.plots import pareto_metrics
+    torch_r = _result("torch", 0, {"fp32": 0.96, "int8": 0.95})
+    torch_r["stages"].insert(0, {**_quant_stage(10.0, 8.0), "runtimes": {"onnxruntime": _onnx_pair(4.0, 2.0)}})
+    metrics = collect_metrics([torch_r])
+    acc, lat = pareto_metrics(metrics, "latency")
+    assert acc["int8"].what == "top-1 `int8`" and lat["int8"].what == "batch 1 p50 `int8`"
