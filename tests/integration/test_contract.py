@@ -55,7 +55,14 @@ def test_a_signal_stops_the_whole_tree_and_marks_the_run_interrupted(tmp_path: P
     workers = psutil.Process(proc.pid).children(recursive=True)
     assert workers, "the worker should be running"
     proc.send_signal(sig)
-    out = proc.communicate(timeout=120)[0]
+    try:
+        out = proc.communicate(timeout=120)[0]
+    except subprocess.TimeoutExpired as e:  # what was still running, and what the run printed last
+        tree = [(p.pid, p.name(), p.status()) for p in psutil.Process(proc.pid).children(recursive=True)]
+        proc.kill()
+        seen = e.output.decode() if isinstance(e.output, bytes) else (e.output or "")
+        raise AssertionError(f"run-recipe still running 120 s after {sig!r}; its process tree: {tree}; output "
+                             f"tail:\n{(seen + (proc.communicate()[0] or ''))[-3000:]}") from e
     assert proc.returncode == code, out
     assert "interrupted" in out and "run-recipe --resume" in out
     time.sleep(0.5)
