@@ -46,16 +46,25 @@ def _export(model: nn.Module, example: np.ndarray, out_dir: Path) -> ExportedArt
     return ExportedArtifact(format="torch.export (.pt2)", files=[path], entry=path)
 
 
+def batch_dim() -> dict[int, torch.export.Dim]:
+    """The dynamic batch dimension of every program slimbench captures."""
+    return {0: torch.export.Dim("batch", min=1, max=4096)}
+
+
+def capture_example(example: np.ndarray, model: nn.Module) -> torch.Tensor:
+    """The example on the model's device, at least batch 2: a batch-1 example makes torch.export specialize the
+    batch dimension to 1."""
+    if example.shape[0] < 2:
+        example = np.concatenate([example, example])
+    return torch.from_numpy(example).to(next(iter(model.parameters()), torch.empty(0)).device)
+
+
 def save_program(model: nn.Module, example: np.ndarray, out_dir: Path) -> Path:
     """out_dir/model.pt2: the module (in the mode it is in) as a torch.export program with a dynamic batch
     dimension, written under a temporary name first."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    device = next(iter(model.parameters()), torch.empty(0)).device
-    if example.shape[0] < 2:  # a batch-1 example makes torch.export specialize the batch dimension to 1
-        example = np.concatenate([example, example])
-    x = torch.from_numpy(example).to(device)
-    batch = torch.export.Dim("batch", min=1, max=4096)
-    program = torch.export.export(model, (x,), dynamic_shapes=({0: batch},), strict=False)
+    program = torch.export.export(model, (capture_example(example, model),), dynamic_shapes=(batch_dim(),),
+                                  strict=False)
     path = out_dir / "model.pt2"
     tmp = path.with_name("model.tmp.pt2")  # torch.export.save wants the .pt2 suffix
     torch.export.save(program, str(tmp))

@@ -21,7 +21,7 @@ from torch import nn
 
 from backends.base import ExportedArtifact, QuantizedModel
 from backends.capture import recorded_warnings
-from backends.torch.export import save_program
+from backends.torch.export import batch_dim, capture_example, save_program
 from backends.torch.measure import RUNTIMES, load_predictor
 
 if TYPE_CHECKING:  # the stage module imports backends.base: a runtime import would be circular
@@ -66,22 +66,13 @@ def lowering(cfg: QuantizeStage) -> dict[str, str]:
             "runtime": RUNTIMES[RUNTIME] + " (int8 kernels fused by Inductor)"}
 
 
-def _batch_dim() -> dict:
-    return {0: torch.export.Dim("batch", min=1, max=4096)}
-
-
-def _two(example: np.ndarray) -> torch.Tensor:
-    """A batch-2 example: a batch-1 one makes torch.export specialise the batch dimension to 1."""
-    return torch.from_numpy(example if example.shape[0] >= 2 else np.concatenate([example, example]))
-
-
 def quantize_static(model: nn.Module, cfg: QuantizeStage, calibration: list[np.ndarray], example: np.ndarray,
                     out_dir: Path, threads: int) -> QuantizedModel:
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-    x = _two(example)
+    x = capture_example(example, model)
 
     def run() -> torch.fx.GraphModule:
-        program = torch.export.export(model.eval(), (x,), dynamic_shapes=(_batch_dim(),), strict=True)
+        program = torch.export.export(model.eval(), (x,), dynamic_shapes=(batch_dim(),), strict=True)
         prepared = prepare_pt2e(program.module(), quantizer(cfg))
         with torch.inference_mode():
             for batch in calibration:
@@ -124,9 +115,9 @@ def export_onnx(qm: QuantizedModel, example: np.ndarray, out_dir: Path) -> Expor
         raise RuntimeError("the int8 model was reopened from its file; convert it in the quantize stage")
     out_dir.mkdir(parents=True, exist_ok=True)
     path, tmp = out_dir / "model.onnx", out_dir / "model.tmp.onnx"
-    onnx_program = torch.onnx.export(qm.module, (_two(example),), dynamo=True, opset_version=ONNX_OPSET,
+    onnx_program = torch.onnx.export(qm.module, (capture_example(example, qm.module),), dynamo=True, opset_version=ONNX_OPSET,
                                      input_names=["x"], output_names=["logits"],
-                                     dynamic_shapes=(_batch_dim(),))
+                                     dynamic_shapes=(batch_dim(),))
     onnx_program.save(str(tmp))
     tmp.replace(path)
     return ExportedArtifact(format=f"ONNX QDQ (opset {ONNX_OPSET}, torch.onnx.export dynamo of the pt2e int8 model)",
