@@ -30,9 +30,13 @@ def _start(tmp_path: Path) -> subprocess.Popen:
     recipe = tmp_path / "long.yaml"
     recipe.write_text(yaml.safe_dump(LONG_RECIPE, sort_keys=False))
     code = "import sys; from common.cli import run_recipe; sys.exit(run_recipe(sys.argv[1:]))"
+    # SIGINT as a terminal delivers it: a test suite started as a background job of a script inherits SIGINT
+    # ignored (POSIX shells do that to background jobs, `SigIgn` in /proc), and so would run-recipe, which then
+    # rightly never sees the Ctrl-C this test sends.
     return subprocess.Popen([sys.executable, "-c", code, str(recipe), "--backend", "torch", "--out",
                              str(tmp_path / "runs"), "--threads", "1"], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                            stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _wait_for_training(proc: subprocess.Popen, timeout: float = 180) -> list[str]:
