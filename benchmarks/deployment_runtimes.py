@@ -3,7 +3,8 @@ process and in alternation, so the runtimes are compared at the same moment on t
 
 Per architecture (randomly initialised, batch-norm statistics from two batches so logits are O(1); the same
 weights on both frameworks through slimbench's converter): PyTorch eager on the torch.export program (reference),
-TorchScript frozen at load, TorchScript with optimize_for_inference, ONNX Runtime on torch.onnx.export's file;
+TorchScript frozen at load, TorchScript with optimize_for_inference, torch.compile (Inductor, frozen weights,
+compiled per batch size before its timing), ONNX Runtime on torch.onnx.export's file;
 Paddle Inference with oneDNN (reference), Paddle Inference native, ONNX Runtime on paddle2onnx's file. Every path
 is checked against its framework's reference artifact first (max logit difference relative to the largest).
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 import tempfile
 from pathlib import Path
 
@@ -44,10 +46,14 @@ def paths(name: str, backend, arch: str, state: dict | None, work: Path, threads
     artifact = backend.export(model, example, work / name / "artifact")
     out = {f"{name}: {backend.runtime_name()}": backend.load_artifact(artifact, threads)}
     for cand in backend.export_candidates(model, artifact, example, work / name / "candidates"):
+        key = f"{name}: {backend.runtime_name(cand)}"
         try:
-            out[f"{name}: {backend.runtime_name(cand)}"] = backend.load_artifact(cand, threads)
+            out[key] = backend.load_artifact(cand, threads)
         except Exception as e:  # printed: a path this model cannot take
-            print(f"{name}: {backend.runtime_name(cand)} unavailable: {type(e).__name__}: {e}", file=sys.stderr)
+            print(f"{key} unavailable: {type(e).__name__}: {e}", file=sys.stderr)
+            continue
+        if getattr(out[key], "compile_s", None):  # compiled at load for batch 1 and 2
+            print(f"{key}: compiled for batch 1 and 2 in {out[key].compile_s:.1f} s", file=sys.stderr)
     onnx = backend.export_onnx(model, artifact, example, work / name / "onnx")
     out[f"{name}: {onnx_runtime.runtime_name()}"] = onnx_runtime.load_predictor(onnx.entry, threads)
     return out, state
@@ -74,8 +80,15 @@ def main() -> None:
             fns.update(more)
             probe = np.random.default_rng(1).standard_normal((8, 3, 32, 32)).astype(np.float32)
             refs = {fw: next(f for k, f in fns.items() if k.startswith(fw))(probe) for fw in ("torch", "paddle")}
+            report["compile_s"] = {**report.get("compile_s", {}), **{
+                f"{arch}: {k}": f.compile_s for k, f in fns.items() if getattr(f, "compile_s", None)}}
             for bs in map(int, args.batches.split(",")):
                 x = np.random.default_rng(2).standard_normal((bs, 3, 32, 32)).astype(np.float32)
+                for k, f in fns.items():  # first call outside the window: a compiling runtime compiles this size
+                    t0 = time.perf_counter()
+                    f(x)
+                    if getattr(f, "compile_s", None):
+                        report["compile_s"][f"{arch}: {k} first call at batch {bs}"] = time.perf_counter() - t0
                 with LoadMeter() as load:
                     times = time_alternating({k: (lambda f=f: f(x)) for k, f in fns.items()}, args.warmup,
                                              args.repeats)

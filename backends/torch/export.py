@@ -127,14 +127,22 @@ def torchscript_candidates(model: nn.Module, example: np.ndarray, out_dir: Path)
     return [traced, dataclasses.replace(traced, extra={"runtime": "torchscript-optimized"})]
 
 
+def inductor_candidate(artifact: ExportedArtifact) -> ExportedArtifact:
+    """The exported program itself, run by torch.compile with Inductor and frozen weights (measure.py
+    compiled_program): no second file, only another runtime. Marked `compiles`: each batch size costs a compile,
+    so the export stage tries it only when its recipe asks (compile_candidates)."""
+    return dataclasses.replace(artifact, extra={**artifact.extra, "runtime": "inductor", "compiles": True})
+
+
 class Exporting:
     """backends.base.Exporting on torch: a torch.export program of the model without pruning
-    reparametrizations (masked weights folded in, so the file holds plain tensors), its ONNX twin, and the frozen
-    TorchScript file as a candidate for the fastest deployment."""
+    reparametrizations (masked weights folded in, so the file holds plain tensors), its ONNX twin, and as
+    candidates for the fastest deployment the traced TorchScript file and the program compiled by Inductor."""
 
     def export_candidates(self, model: nn.Module, artifact: ExportedArtifact, example: np.ndarray,
                           out_dir: Path) -> list[ExportedArtifact]:
-        return torchscript_candidates(without_reparametrization(model), example, out_dir / "torchscript")
+        return (torchscript_candidates(without_reparametrization(model), example, out_dir / "torchscript")
+                + [inductor_candidate(artifact)])
 
     def export(self, model: nn.Module, example: np.ndarray, out_dir: Path) -> ExportedArtifact:
         return export_model(without_reparametrization(model), example, out_dir)

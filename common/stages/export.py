@@ -33,6 +33,10 @@ class ExportStage(ModelsSlots):
     # `best`: the fastest correct deployment on the framework's own stack, chosen by measurement among the
     # reference runtime and the backend's candidates (export_candidates).
     runtimes: tuple[Literal["best", "onnxruntime"], ...] = ("best", "onnxruntime")
+    # Candidates that compile the model for each batch size (PyTorch: torch.compile with Inductor) cost minutes per
+    # model on a 2-core CPU, in the stage and again in the paired timing phase: tried only when this is true, and
+    # otherwise listed among the candidates as not tried, with this key.
+    compile_candidates: bool = False
 
 
 def time_batches(ctx: RunContext, what: str, predict: Callable[[np.ndarray], np.ndarray],
@@ -78,6 +82,15 @@ def on_onnxruntime(ctx: RunContext, stage: Stage, slot: str, model: Any, artifac
 BEST_TOLERANCE = 1e-3  # max logit difference relative to the artifact's largest logit, and top-1 agreement 1.0
 
 
+def unique_name(name: str, taken: set[str]) -> str:
+    """The runtime's name, numbered when another candidate already has it: every candidate is timed and recorded
+    under its own name, so two with the same one must not overwrite each other."""
+    k, out = 2, name
+    while out in taken:
+        out, k = f"{name} #{k}", k + 1
+    return out
+
+
 def on_best(ctx: RunContext, stage: Stage, slot: str, model: Any, artifact: Any,
             artifact_predict: Callable[[np.ndarray], np.ndarray]) -> dict[str, Any]:
     """The framework's fastest correct deployment on its own stack: the reference runtime and each candidate the
@@ -89,7 +102,7 @@ def on_best(ctx: RunContext, stage: Stage, slot: str, model: Any, artifact: Any,
     probe = ctx.stream.val_images(ctx.recipe.parity.probe_batch)
     expected = artifact_predict(probe)
     reference_name = ctx.backend.runtime_name()
-    found: list[tuple[Any, Callable[[np.ndarray], np.ndarray], dict[str, float]]] = []
+    found: dict[str, tuple[Any, Callable[[np.ndarray], np.ndarray], dict[str, float]]] = {}
     candidates: list[dict[str, Any]] = []
     try:
         offered = ctx.backend.export_candidates(model, artifact, ctx.stream.val_images(2),
@@ -99,7 +112,13 @@ def on_best(ctx: RunContext, stage: Stage, slot: str, model: Any, artifact: Any,
         candidates.append({"runtime": "(the backend's candidates)", "status": "unavailable",
                            "reason": failure_reason(e)})
     for cand in offered:
-        name = ctx.backend.runtime_name(cand)
+        name = unique_name(ctx.backend.runtime_name(cand), {reference_name} | {c["runtime"] for c in candidates})
+        if cand.extra.get("compiles") and not cfg.compile_candidates:
+            candidates.append({"runtime": name, "format": cand.format, "status": "not tried",
+                               "reason": "compiles per model and batch size; "
+                                         f"stages.{stage.name}.compile_candidates=true tries it"})
+            continue
+        ctx.progress.say(f"{stage.name}: {slot}: loading candidate {name}")
         try:
             predict = ctx.backend.load_artifact(cand, ctx.threads)
             check = logit_difference(expected, predict(probe))
@@ -109,12 +128,13 @@ def on_best(ctx: RunContext, stage: Stage, slot: str, model: Any, artifact: Any,
             continue
         correct = check["argmax_agree"] == 1.0 and check["max_rel"] < BEST_TOLERANCE
         candidates.append({"runtime": name, "format": cand.format, "status": "ok" if correct else "incorrect",
-                           "vs_artifact": check})
+                           "vs_artifact": check,
+                           **({"compile_s": predict.compile_s} if getattr(predict, "compile_s", None) else {})})
         if correct:
-            found.append((cand, predict, check))
+            found[name] = (cand, predict, check)
     x = ctx.stream.val_images(bs0)
     fns = {reference_name: lambda: artifact_predict(x)}
-    fns.update({ctx.backend.runtime_name(c): (lambda p=p: p(x)) for c, p, _ in found})
+    fns.update({name: (lambda p=p: p(x)) for name, (_, p, _) in found.items()})
     ctx.progress.say(f"{stage.name}: {slot}: choosing the fastest of {len(fns)} deployment path(s) at batch {bs0}, "
                      f"alternating ({cfg.measure.warmup} warm-up, {cfg.measure.repeats} timed each)")
     for fn in fns.values():  # first calls outside the window, as in time_batches
@@ -133,7 +153,7 @@ def on_best(ctx: RunContext, stage: Stage, slot: str, model: Any, artifact: Any,
     if chosen == reference_name:
         ctx.progress.say(f"{stage.name}: {slot}: the reference runtime is the fastest ({reference_name})")
         return {**record, "is_reference": True}
-    cand, predict, check = next(f for f in found if ctx.backend.runtime_name(f[0]) == chosen)
+    cand, predict, check = found[chosen]
     acc = classification_metrics(*predict_validation(predict, ctx.stream))
     latency = time_batches(ctx, f"{stage.name}: {slot} on {chosen}", predict, cfg.measure)
     ctx.progress.say(f"{stage.name}: {slot}: fastest deployment {chosen}, top1 {acc['top1'] * 100:.2f}%")
@@ -228,6 +248,8 @@ def artifacts_section(ix: ReportIndex) -> str:
             rows.append([f"`{slot}`", title(b), fmt_count(recs[0]["params"]), fmt_count(recs[0]["macs"]),
                          fmt_values([r["size_mb"] for r in recs]),
                          fmt_values([r["artifact_top1"] for r in recs], 100, unit="%")] + lat_cells)
+    if not rows:  # a recipe without an export stage (its int8 pair is in the quantization section)
+        return ""
     out = ["## Exported artifacts (measured from the files on disk)\n\n",
            table(["model", "backend", "params", "MACs", "file MB", "artifact top-1"]
                  + [f"batch {bs} latency p50 / p90 ms" for bs in batch_sizes], rows)]
@@ -380,6 +402,10 @@ class Export(StageType):
                 + [("latency", slot, f"`{slot}`'s batch-{bs} latency on ONNX Runtime", lat.get("load"))
                    for slot, m in record["models"].items() for ort in ok_onnx(m)
                    for bs, lat in ort["latency"].items()])
+
+    def conversions(self, record: dict) -> list[tuple[str, str, float, float]]:
+        return [(slot, ort["runtime"], m["artifact_top1"], ort["artifact_top1"])
+                for slot, m in record["models"].items() for ort in ok_onnx(m)]
 
     def timed_artifacts(self, record: dict) -> list[tuple[str, dict, str]]:
         # results written before export records named their entry file cannot be reopened
