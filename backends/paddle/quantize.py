@@ -29,6 +29,9 @@ if TYPE_CHECKING:  # the stage module imports backends.base: a runtime import wo
     from common.stages.quantize import QuantizeStage
 
 RUNTIME = "Paddle Inference (AnalysisPredictor, oneDNN int8, IR optim on)"
+# Why the int8 file has no `best` candidates beside RUNTIME (the export stage searches them for fp32 files only).
+ONLY_RUNTIME = ("Paddle Inference's int8 CPU kernels are oneDNN's: without oneDNN it folds the quantize/dequantize "
+                "pairs into float weights and runs float kernels")
 FORMAT = "Paddle int8 inference model (.pdmodel + .pdiparams, quantize/dequantize_linear ops)"
 
 # calibration name -> quant_post_static algo: abs_max is the max |x| over all batches (the symmetric min-max),
@@ -46,11 +49,11 @@ def lowering(cfg: QuantizeStage) -> dict[str, str]:
         return {"tool": "paddleslim.QAT (onnx_format=True), save_quantized_model", "engine": "paddleslim",
                 "weights": weights, "activations": "int8 per-tensor symmetric (moving_average_abs_max)",
                 "calibration": "fake-quant ranges learned during fine-tuning (moving-average abs-max)",
-                "runtime": RUNTIME}
+                "runtime": RUNTIME, "only_runtime": ONLY_RUNTIME}
     return {"tool": "paddleslim.quant.quant_post_static (onnx_format=True)", "engine": "paddleslim",
             "weights": weights, "activations": "int8 per-tensor symmetric",
             "calibration": f"algo '{_PTQ_ALGOS[cfg.calibration]}' over {cfg.calibration_batches} batches",
-            "runtime": RUNTIME}
+            "runtime": RUNTIME, "only_runtime": ONLY_RUNTIME}
 
 
 def _weight_type(cfg: QuantizeStage) -> str:

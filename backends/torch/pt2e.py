@@ -63,7 +63,9 @@ def lowering(cfg: QuantizeStage) -> dict[str, str]:
     return {"tool": "torchao pt2e: torch.export, prepare_pt2e / convert_pt2e with X86InductorQuantizer",
             "engine": NAME, "weights": weights, "activations": "uint8 per-tensor affine, full 8-bit range",
             "calibration": f"{_observers(cfg).__name__} over {cfg.calibration_batches} batches",
-            "runtime": RUNTIMES[RUNTIME] + " (int8 kernels fused by Inductor)"}
+            "runtime": RUNTIMES[RUNTIME] + " (int8 kernels fused by Inductor)",
+            "only_runtime": "a pt2e int8 program computes in int8 only once Inductor compiles it with frozen "
+                            "weights: run eagerly, its quantize/dequantize pairs compute in float"}
 
 
 def quantize_static(model: nn.Module, cfg: QuantizeStage, calibration: list[np.ndarray], example: np.ndarray,

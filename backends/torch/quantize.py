@@ -30,6 +30,10 @@ if TYPE_CHECKING:  # the stage module imports backends.base: a runtime import wo
     from common.stages.quantize import QuantizeStage
 
 RUNTIME = "TorchScript (frozen) int8 kernels, fbgemm engine"
+# Why the int8 file has no `best` candidates beside RUNTIME (the export stage searches them for fp32 files only).
+ONLY_RUNTIME = ("an FX int8 model runs on fbgemm's int8 kernels from eager Python or TorchScript, and frozen "
+                "TorchScript is the one that deploys without Python; PyTorch's other int8 path is "
+                "`torch_engine: pt2e` (Inductor)")
 FORMAT = "TorchScript (.pt: torch.jit.trace + freeze of the FX int8 model)"
 
 _ACTIVATION_OBSERVERS = {"histogram": tq.HistogramObserver, "minmax": tq.MinMaxObserver,
@@ -70,14 +74,14 @@ class FxFbgemmEngine:
         if cfg.mode == "dynamic":
             return {"tool": "torch.ao.quantization.quantize_dynamic (nn.Linear)", "engine": self.name,
                     "weights": weights + " (Linear only)", "activations": "quantized at run time per batch",
-                    "calibration": "none (dynamic)", "runtime": RUNTIME}
+                    "calibration": "none (dynamic)", "runtime": RUNTIME, "only_runtime": ONLY_RUNTIME}
         tool = ("prepare_qat_fx / convert_fx (get_default_qat_qconfig_mapping('fbgemm'))" if cfg.mode == "qat"
                 else "prepare_fx / convert_fx")
         calibration = ("fake-quant ranges learned during fine-tuning (moving-average min/max)" if cfg.mode == "qat"
                        else f"{_ACTIVATION_OBSERVERS[cfg.calibration].__name__} over {cfg.calibration_batches} batches")
         return {"tool": f"torch.ao.quantization FX graph mode: {tool}", "engine": self.name, "weights": weights,
                 "activations": "uint8 per-tensor affine, 7-bit range (reduce_range for fbgemm)",
-                "calibration": calibration, "runtime": RUNTIME}
+                "calibration": calibration, "runtime": RUNTIME, "only_runtime": ONLY_RUNTIME}
 
 
 ENGINE = FxFbgemmEngine()

@@ -123,10 +123,26 @@ def run_quantize(ctx: RunContext, stage: Stage) -> dict[str, Any]:
         qm = ctx.backend.convert_qat(prepared, cfg, example, art_dir / "int8", ctx.threads)
     record["quantize_time_s"] = time.perf_counter() - t0
     ctx.models[out] = qm
-    record.update(measure_pair(ctx, stage, fp32_artifact, qm))
+    fp32_artifact, fp32_predict = parent_predictor(ctx, fp32_artifact, qm)
+    record.update(measure_pair(ctx, stage, fp32_artifact, fp32_predict, qm))
+    # No search among deployment paths for the int8 file: its runtime is the framework's one int8 path (why,
+    # in the backend's words); the fp32 parent's best runtime is the export stage's, where the recipe exports it.
+    record["runtimes"] = {"best": {"status": "reference only", "runtime": record["int8"]["runtime"],
+                                   "reason": lowering.get("only_runtime", "")}}
     if fp32_onnx is not None:
-        record["runtimes"] = {onnx_runtime.NAME: on_onnxruntime(ctx, stage, fp32_artifact, fp32_onnx, qm, record)}
+        record["runtimes"][onnx_runtime.NAME] = on_onnxruntime(ctx, stage, fp32_predict, fp32_onnx, qm, record)
     return record
+
+
+def parent_predictor(ctx: RunContext, fp32_artifact: ExportedArtifact,
+                     qm: QuantizedModel) -> tuple[ExportedArtifact, Callable[[np.ndarray], np.ndarray]]:
+    """The fp32 parent's artifact as the int8 model is compared with it, loaded once for every comparison: on
+    the runtime the quantizer names (`fp32_runtime`, when the int8 runtime compiles its program, the parent is
+    compiled the same way, which may take minutes), else on the framework's reference runtime."""
+    if qm.info.get("fp32_runtime"):
+        fp32_artifact = dataclasses.replace(fp32_artifact, extra={**fp32_artifact.extra,
+                                                                  "runtime": qm.info["fp32_runtime"]})
+    return fp32_artifact, ctx.backend.load_artifact(fp32_artifact, ctx.threads)
 
 
 def convert_or_reason(convert: Callable[[], ExportedArtifact]) -> ExportedArtifact | str:
@@ -159,7 +175,7 @@ def time_pair(ctx: RunContext, stage: Stage, fp32_predict: Callable[[np.ndarray]
     return fp32_lat, int8_lat, speedup
 
 
-def on_onnxruntime(ctx: RunContext, stage: Stage, fp32_artifact: ExportedArtifact,
+def on_onnxruntime(ctx: RunContext, stage: Stage, fp32_predict_own: Callable[[np.ndarray], np.ndarray],
                    fp32_onnx: ExportedArtifact | str, qm: QuantizedModel, record: dict) -> dict[str, Any]:
     """The fp32 file and the int8 file, each converted by the framework's converter, on ONNX Runtime: each
     checked against the framework's own file of the same model (max logit difference, top-1 agreement), their
@@ -176,8 +192,7 @@ def on_onnxruntime(ctx: RunContext, stage: Stage, fp32_artifact: ExportedArtifac
             raise RuntimeError("; ".join(failed))
         fp32_predict = onnx_runtime.load_predictor(fp32_onnx.entry, ctx.threads)
         int8_predict = onnx_runtime.load_predictor(int8_onnx.entry, ctx.threads)
-        checks = {"fp32": logit_difference(ctx.backend.load_artifact(fp32_artifact, ctx.threads)(probe),
-                                           fp32_predict(probe)),
+        checks = {"fp32": logit_difference(fp32_predict_own(probe), fp32_predict(probe)),
                   "int8": logit_difference(qm.predict(probe), int8_predict(probe))}
     except Exception as e:  # recorded and reported: a path that does not convert is a finding
         reason = "; ".join(failed) if failed else failure_reason(e)
@@ -203,13 +218,10 @@ def on_onnxruntime(ctx: RunContext, stage: Stage, fp32_artifact: ExportedArtifac
     return out
 
 
-def measure_pair(ctx: RunContext, stage: Stage, fp32_artifact: ExportedArtifact, qm: QuantizedModel) -> dict[str, Any]:
+def measure_pair(ctx: RunContext, stage: Stage, fp32_artifact: ExportedArtifact,
+                 fp32_predict: Callable[[np.ndarray], np.ndarray], qm: QuantizedModel) -> dict[str, Any]:
     """Accuracy, per-sample agreement, size and latency of the int8 artifact next to its fp32 artifact."""
     cfg: QuantizeStage = stage.config
-    if qm.info.get("fp32_runtime"):  # the int8 runtime compiles its program: the fp32 parent is compiled the same way
-        fp32_artifact = dataclasses.replace(fp32_artifact, extra={**fp32_artifact.extra,
-                                                                  "runtime": qm.info["fp32_runtime"]})
-    fp32_predict = ctx.backend.load_artifact(fp32_artifact, ctx.threads)
     fp32_logits, labels = predict_validation(fp32_predict, ctx.stream)
     int8_logits, _ = predict_validation(qm.predict, ctx.stream)
     fp32_acc, int8_acc = classification_metrics(fp32_logits, labels), classification_metrics(int8_logits, labels)
@@ -331,6 +343,9 @@ def quantization_section(ix: ReportIndex) -> str:
         out.append(f"- {title(b)}{f' `{name}`' if several else ''}: {lw['tool']}{engine}; weights {lw['weights']}; "
                    f"activations {lw['activations']}; calibration {lw['calibration']}; int8 runtime "
                    f"{lw['runtime']}.\n")
+    only = {(b, lw["runtime"], lw["only_runtime"]) for (b, _), lw in lowerings.items() if lw.get("only_runtime")}
+    for b, runtime, why in sorted(only):
+        out.append(f"- {title(b)}'s best int8 runtime is the one above ({runtime}): {why}.\n")
     for (b, name), times in compiles.items():
         fp32 = [f for f, _ in times if f is not None]
         out.append(f"- {title(b)} `{name}`: the int8 program compiled at load for batch 1 and 2 in "
@@ -482,6 +497,10 @@ class Quantize(StageType):
                     for kind, slot in (("fp32", record["source"]), ("int8", record["model"]))
                     for bs, lat in ort[kind]["latency"].items()]
         return latency + super().timings(record)
+
+    def conversions(self, record: dict) -> list[tuple[str, str, float, float]]:
+        return [(slot, ort["runtime"], record[kind]["top1"], ort[kind]["top1"]) for ort in ok_onnx_pair(record)
+                for kind, slot in (("fp32", record["source"]), ("int8", record["model"]))]
 
     def timed_artifacts(self, record: dict) -> list[tuple[str, dict, str]]:
         return ([("fp32", record["fp32"], "fp32"), ("int8", record["int8"], "int8")]

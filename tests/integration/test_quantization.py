@@ -57,6 +57,9 @@ def check_int8(run: Path, backend: str, stage: dict, max_ratio: float = 0.4, max
     for bs in ("1", "4"):
         assert int8["latency"][bs]["repeats"] == fp32["latency"][bs]["repeats"] == 3
     assert "int8" in int8["runtime"] or "int8" in int8["format"] or "fbgemm" in int8["runtime"]
+    # no best-runtime search for the int8 file, and the record says why (the framework's one int8 path)
+    best = stage["runtimes"]["best"]
+    assert best["status"] == "reference only" and best["runtime"] == int8["runtime"] and len(best["reason"]) > 40
     check_int8_on_onnxruntime(seed_dir, stage, max_drop)
 
 
