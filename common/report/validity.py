@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -23,16 +23,19 @@ COLLAPSE_SHARE = 0.5  # one predicted class holding half the validation samples 
 PLATEAU_GAIN = 0.01  # validation top-1 still rising by a point over the last epoch: not converged
 MIN_CLASS_SAMPLES = 10  # a validation class with fewer images gives its per-class accuracy in steps of >10 points
 DEGENERATE_LOGITS = 1e-3  # largest |logit| of the parity probe below this: the check compared near-zero numbers
+CONVERSION_TOP1 = 0.05  # a converted file (ONNX) more than 5 points of top-1 off its artifact computes another model
 
 
 @dataclass(frozen=True)
 class Finding:
-    check: str  # chance | collapsed | not_converged | split | parity | seeds | contended | load_unknown | machines
+    check: str  # chance | collapsed | not_converged | split | parity | conversion | seeds | contended | load_unknown
+    #             | machines
     subject: str  # the model slot or stage it concerns; "" for the whole run
     message: str  # one line a team can act on
     backend: str | None = None
     short: str = ""  # what a decision row says after "no verdict: "
     groups: tuple[str, ...] = ()  # the decision-row groups it withholds; empty: as its check decides
+    rows: str = ""  # only decision rows whose text contains this (e.g. "on ONNX Runtime"); empty: all of them
 
     def __post_init__(self) -> None:
         if not self.short:
@@ -52,6 +55,8 @@ _SHORT = {
     "contended": lambda f: "timed under background load" + (f" on {title(f.backend)}" if f.backend else ""),
     "load_unknown": lambda f: "background load not recorded",
     "machines": lambda f: "timed on several machines",
+    "conversion": lambda f: f"`{f.subject}`'s converted file does not compute what its artifact does"
+                            + (f" on {title(f.backend)}" if f.backend else ""),
 }
 
 
@@ -223,6 +228,16 @@ def _machine_findings(results: list[dict]) -> list[Finding]:
                     "different machines are not compared", groups=tuple(groups))]
 
 
+def finished_stages(results: list[dict]) -> Iterator[tuple[dict, dict, Any]]:
+    """(result, stage record, its stage type) of every stage that finished, for checks that ask the stage types."""
+    from common.stages.registry import stage_type
+    for r in results:
+        for st in r.get("stages", []):
+            kind = stage_type(st["type"])
+            if st.get("status") == "ok" and kind is not None:
+                yield r, st, kind
+
+
 def _load_findings(results: list[dict]) -> list[Finding]:
     """Timings taken while other processes used the CPU (common/load.py): latency of a model, a stage's training."""
     out: dict[tuple[str, str, str], Finding] = {}
@@ -234,17 +249,12 @@ def _load_findings(results: list[dict]) -> list[Finding]:
                 f"{load['background_cores']:.2f} cores (seed {r['seed']}; above {load['threshold_cores']} core)",
                 r["backend"], groups=(group,)))
 
-    from common.stages.registry import stage_type
     unmeasured: dict[str, int] = {}
-    for r in results:
-        for st in r.get("stages", []):
-            kind = stage_type(st["type"])
-            if st.get("status") != "ok" or kind is None:
-                continue
-            for group, subject, what, load in kind.timings(st):
-                if not load or load.get("background_cores") is None:
-                    unmeasured[group] = unmeasured.get(group, 0) + 1
-                flag(group, subject, what, load, r)
+    for r, st, kind in finished_stages(results):
+        for group, subject, what, load in kind.timings(st):
+            if not load or load.get("background_cores") is None:
+                unmeasured[group] = unmeasured.get(group, 0) + 1
+            flag(group, subject, what, load, r)
     found = list(out.values())
     if unmeasured:  # a quiet machine that cannot be shown is not a quiet machine
         n = sum(unmeasured.values())
@@ -254,11 +264,31 @@ def _load_findings(results: list[dict]) -> list[Finding]:
     return found
 
 
+def _conversion_findings(results: list[dict]) -> list[Finding]:
+    """A file converted to another runtime (ONNX) whose validation top-1 is far from its own artifact's: the
+    converter changed the model, so its rows on that runtime compare a conversion bug, not a framework."""
+    worst: dict[tuple[str, str, str], tuple[float, dict, float, float]] = {}
+    for r, st, kind in finished_stages(results):
+        for slot, runtime, own, converted in kind.conversions(st):
+            gap = abs(own - converted)
+            key = (slot, runtime, r["backend"])
+            if gap > CONVERSION_TOP1 and gap > worst.get(key, (0.0,))[0]:
+                worst[key] = (gap, r, own, converted)
+    def rows(runtime: str) -> str:  # "ONNX Runtime 1.32.0 (...)" -> "on ONNX Runtime", as the decision rows say
+        return "on " + " ".join(w for w in runtime.split(" (")[0].split() if not w[0].isdigit())
+    return [Finding("conversion", slot, f"`{slot}` converted for {runtime.split(' (')[0]} on {title(b)} scores "
+                    f"{converted * 100:.1f}% top-1 against its artifact's {own * 100:.1f}% (seed {r['seed']}): the "
+                    f"converter changed the model, so its rows {rows(runtime)} compare a conversion, not the "
+                    "frameworks", b, rows=rows(runtime))
+            for (slot, runtime, b), (_, r, own, converted) in worst.items()]
+
+
 def check_run(run_dir: Path, results: list[dict]) -> list[Finding]:
     """Every failed validity check of a run, in the order the report lists them."""
     k = num_classes(run_dir, results)
     return (_seed_findings(results) + _split_findings(run_dir, results, k) + _parity_findings(results)
-            + _model_findings(run_dir, results, k) + _convergence_findings(results) + _load_findings(results)
+            + _model_findings(run_dir, results, k) + _convergence_findings(results) + _conversion_findings(results)
+            + _load_findings(results)
             + _machine_findings(results))
 
 
@@ -294,13 +324,15 @@ def lineage(meta: dict) -> dict[str, set[str]]:
 
 
 def blocking_reason(findings: list[Finding], group: str, subject: str | None,
-                    family: dict[str, set[str]]) -> str | None:
+                    family: dict[str, set[str]], what: str = "") -> str | None:
     """Why a decision row (metric group, its model slot or stage) gets no verdict, or None if it may have one.
 
     Run-wide findings (seeds) block every row; a split finding blocks accuracy rows; a model's findings block
     every row of that model and of the models made from it; training-time rows are timing only."""
     related = family.get(subject or "", {subject} if subject else set())
     for f in findings:
+        if f.rows and f.rows not in what:
+            continue
         if f.groups:  # scoped to its own rows (timings of one model or stage; every timing where subject is "")
             if group in f.groups and f.subject in ("", subject):
                 return f.short
@@ -317,7 +349,7 @@ def blocking_reason(findings: list[Finding], group: str, subject: str | None,
 def blocker(findings: list[Finding], family: dict[str, set[str]]):
     """The decision summary's Blocker for these findings and slot lineage: metric -> why it gets no verdict."""
     from common.report.decision import subject
-    return lambda m: blocking_reason(findings, m.group, subject(m), family)
+    return lambda m: blocking_reason(findings, m.group, subject(m), family, m.what)
 
 
 def validity_section(findings: list[Finding]) -> str:

@@ -134,6 +134,11 @@ class StageType:
         return [("training time", record["name"], f"`{record['name']}`'s training", run.get("load"))
                 for _, run in self.training_runs(record)]
 
+    def conversions(self, record: dict) -> list[tuple[str, str, float, float]]:
+        """(model slot, runtime, artifact top-1, converted file's top-1) of every file the stage converted to
+        another runtime and evaluated: the validity checks flag a conversion that changed what the model computes."""
+        return []
+
     def timed_artifacts(self, record: dict) -> list[tuple[str, dict, str]]:
         """(key, artifact record, 'fp32' or 'int8') of every artifact whose latency this stage measured; the
         artifact record has format, files, entry, extra, runtime and latency. The paired timing phase

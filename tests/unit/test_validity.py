@@ -211,3 +211,38 @@ def test_timings_without_a_load_record_carry_no_verdict(tmp_path: Path):
     assert "no verdict: background load not recorded" in row
     acc = next(line for line in md.splitlines() if line.startswith("| accuracy |"))
     assert "no verdict" not in acc
+
+
+@pytest.mark.parametrize("paddle_onnx_top1,found", [(0.11, True), (0.88, False)])
+def test_a_conversion_that_changes_the_model_withholds_only_its_rows_on_that_runtime(tmp_path: Path,
+                                                                                      paddle_onnx_top1, found):
+    """paddle2onnx of a QAT MobileNetV2 scored 11% on ONNX Runtime against its artifact's 96%: a verdict on those
+    rows would be about the converter. The artifact's own rows keep theirs."""
+    results = runs({"teacher": 0.95, "student_kd": 0.93})
+    for r in results:
+        onnx_top1 = paddle_onnx_top1 if r["backend"] == "paddle" else 0.9
+        r["stages"].append({"name": "export", "type": "export", "status": "ok", "models": {slot: {
+            "size_bytes": 100, "size_mb": 1.0 if r["backend"] == "torch" else 0.5, "params": 1, "macs": 1, "flops": 2,
+            "artifact_top1": 0.9, "runtime": "rt", "format": "f",
+            "latency": {"1": {"p50_ms": 2.0 + r["seed"] * 0.1 if r["backend"] == "torch" else 1.0, "p90_ms": 3.0,
+                              "load": QUIET}},
+            "runtimes": {"onnxruntime": {
+                "status": "ok", "runtime": "ONNX Runtime 1.32.0 (CPUExecutionProvider)", "format": "ONNX",
+                "files": [], "entry": "x.onnx", "size_bytes": 1, "size_mb": 1e-6,
+                "vs_artifact": {"max_abs": 0.1, "max_rel": 0.01, "argmax_agree": 1.0},
+                "artifact_top1": onnx_top1 if slot == "student_kd" else 0.9,
+                "latency": {"1": {"p50_ms": 1.0 + r["seed"] * 0.1 if r["backend"] == "torch" else 2.0,
+                                  "p90_ms": 3.0, "load": QUIET}}}}}
+            for slot in ("teacher", "student_kd")}})
+    run = make_run(tmp_path, results)
+    conversions = checks(run).get("conversion", [])
+    md = write_report(run).read_text()
+    rows = {line.split("|")[2].strip(): line for line in md.splitlines() if line.startswith(("| latency |",))}
+    reason = "no verdict: `student_kd`'s converted file does not compute what its artifact does on PaddlePaddle"
+    if not found:
+        assert conversions == [] and "no verdict" not in rows["batch 1 p50 `student_kd` on ONNX Runtime"]
+        return
+    assert len(conversions) == 1 and "scores 11.0% top-1 against its artifact's 90.0%" in conversions[0]
+    assert reason in rows["batch 1 p50 `student_kd` on ONNX Runtime"]
+    assert "no verdict" not in rows["batch 1 p50 `student_kd`"]  # the artifact itself, on its own runtime
+    assert "no verdict" not in rows["batch 1 p50 `teacher` on ONNX Runtime"]
