@@ -226,7 +226,7 @@ class Exporting(Protocol):
         """Other deployment paths of the same model on the framework's own stack (files, or the same files with
         another runtime in `extra["runtime"]`), from which the export stage's `best` runtime is chosen by
         measurement; `load_artifact` and `runtime_name` take each of them. One with `extra["compiles"]` compiles
-        per batch size at load and first call (minutes on a small CPU): the stage tries it only on request, and
+        per batch size at load and first call (~10 s each on a 2-core CPU): the stage tries it only on request, and
         its predictor may say how long that took (`compile_s`)."""
 
     def export_onnx(self, model: Any, artifact: ExportedArtifact, example: np.ndarray,
