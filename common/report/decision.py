@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from common.backend_names import BACKEND_TITLES, title  # noqa: F401  (re-exported for older imports)
-from common.stages.registry import stage_type
+from common.stages.registry import finished_stages
 from common.stats import PairedDifference, Summary, paired_difference, summarize
 
 
@@ -53,13 +53,9 @@ def collect_metrics(results: list[dict]) -> list[Metric]:
     def metric(group: str, what: str, unit: str, higher: bool, scale: float = 1.0, digits: int = 2) -> Metric:
         return metrics.setdefault((group, what), Metric(group, what, unit, higher, scale, digits))
 
-    for r in results:
-        if r.get("status") != "ok":
-            continue  # a failed run's partial figures would bias the means; the report lists the failure
-        for st in r.get("stages", []):
-            kind = stage_type(st["type"])
-            if st.get("status") == "ok" and kind is not None:
-                kind.metrics(metric, r["backend"], r["seed"], r, st)
+    # a failed run's partial figures would bias the means; the report lists the failure
+    for r, st, kind in finished_stages([r for r in results if r.get("status") == "ok"]):
+        kind.metrics(metric, r["backend"], r["seed"], r, st)
     order = {"accuracy": 0, "size": 1, "latency": 2, "training time": 3}
     return sorted(metrics.values(), key=lambda m: order[m.group])
 

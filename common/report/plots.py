@@ -18,7 +18,7 @@ import numpy as np  # noqa: E402
 
 from common.backend_names import color, marker, title  # noqa: E402
 from common.report.decision import Metric  # noqa: E402
-from common.stages.registry import stage_type, stage_types  # noqa: E402
+from common.stages.registry import finished_stages, stage_types  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -105,13 +105,9 @@ def pareto_figure(metrics: list[Metric], backends: list[str], x_group: str, name
 def training_figure(results: list[dict], backends: list[str]) -> Figure | None:
     """Train loss and validation top-1 per epoch, both frameworks on one chart per stage (mean, min-max band)."""
     curves: dict[str, dict[str, list[list[dict]]]] = defaultdict(lambda: defaultdict(list))
-    for r in results:
-        for st in r.get("stages", []):
-            if st.get("status") != "ok":
-                continue
-            kind = stage_type(st["type"])
-            for hist in (kind.histories(st) if kind is not None else []):
-                curves[st["name"]][r["backend"]].append(hist)
+    for r, st, kind in finished_stages(results):
+        for hist in kind.histories(st):
+            curves[st["name"]][r["backend"]].append(hist)
     stages = [s for s, by_b in curves.items() if any(len(h[0]) > 0 for h in by_b.values())]
     if not stages:
         return None

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -216,26 +216,15 @@ def _seed_findings(results: list[dict]) -> list[Finding]:
 def _machine_findings(results: list[dict]) -> list[Finding]:
     """Timings are compared only when one machine took them all: results from several hosts (or CPU models), as a
     Ray executor can produce, withhold every timing verdict of the run."""
-    from common.stages.registry import stage_type
+    from common.stages.registry import finished_stages
     where = {((r.get("environment") or {}).get("host"), ((r.get("environment") or {}).get("cpu") or {}).get("model"))
              for r in results if r.get("status") == "ok"}
     if len(where) < 2:
         return []
-    groups = sorted({group for r in results for st in r.get("stages", []) if st.get("status") == "ok"
-                     and stage_type(st["type"]) is not None for group, *_ in stage_type(st["type"]).timings(st)})
+    groups = sorted({group for _, st, kind in finished_stages(results) for group, *_ in kind.timings(st)})
     names = ", ".join(f"{h or '?'} ({c or '?'})" for h, c in sorted(where, key=str))
     return [Finding("machines", "", f"the runs were timed on {len(where)} machines ({names}): timings taken on "
                     "different machines are not compared", groups=tuple(groups))]
-
-
-def finished_stages(results: list[dict]) -> Iterator[tuple[dict, dict, Any]]:
-    """(result, stage record, its stage type) of every stage that finished, for checks that ask the stage types."""
-    from common.stages.registry import stage_type
-    for r in results:
-        for st in r.get("stages", []):
-            kind = stage_type(st["type"])
-            if st.get("status") == "ok" and kind is not None:
-                yield r, st, kind
 
 
 def _load_findings(results: list[dict]) -> list[Finding]:
@@ -249,6 +238,7 @@ def _load_findings(results: list[dict]) -> list[Finding]:
                 f"{load['background_cores']:.2f} cores (seed {r['seed']}; above {load['threshold_cores']} core)",
                 r["backend"], groups=(group,)))
 
+    from common.stages.registry import finished_stages
     unmeasured: dict[str, int] = {}
     for r, st, kind in finished_stages(results):
         for group, subject, what, load in kind.timings(st):
@@ -267,6 +257,7 @@ def _load_findings(results: list[dict]) -> list[Finding]:
 def _conversion_findings(results: list[dict]) -> list[Finding]:
     """A file converted to another runtime (ONNX) whose validation top-1 is far from its own artifact's: the
     converter changed the model, so its rows on that runtime compare a conversion bug, not a framework."""
+    from common.stages.registry import finished_stages
     worst: dict[tuple[str, str, str], tuple[float, dict, float, float]] = {}
     for r, st, kind in finished_stages(results):
         for slot, runtime, own, converted in kind.conversions(st):

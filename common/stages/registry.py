@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from common.errors import RecipeError
 
@@ -180,6 +180,16 @@ def stage_types() -> dict[str, StageType]:
 def stage_type(name: str) -> StageType | None:
     """The registered type of a stage record (None for a type this slimbench does not know)."""
     return stage_types().get(name)
+
+
+def finished_stages(results: list[dict]) -> Iterator[tuple[dict, dict, StageType]]:
+    """(result, stage record, its stage type) of every stage that finished in these results, in order: what the
+    report's parts ask each stage type about (a stage of an unknown type is skipped)."""
+    for r in results:
+        for st in r.get("stages", []):
+            kind = stage_type(st["type"])
+            if st.get("status") == "ok" and kind is not None:
+                yield r, st, kind
 
 
 def in_section_order() -> list[StageType]:
