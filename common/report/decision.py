@@ -22,11 +22,17 @@ class Metric:
     higher_is_better: bool
     scale: float = 1.0  # display scale (100 for fractions shown as %)
     digits: int = 2
+    # "reference" for a latency timed on each framework's reference runtime, which need not be the same kind of
+    # runtime on both sides (PyTorch eager against Paddle Inference): see unlike_runtimes
+    runtime_kind: str | None = None
     by_backend: dict[str, dict[int, float]] = field(default_factory=dict)
+    runtimes: dict[str, set[str]] = field(default_factory=dict)  # backend -> the runtimes its values ran on
 
-    def add(self, backend: str, seed: int, value: float | None) -> None:
+    def add(self, backend: str, seed: int, value: float | None, runtime: str | None = None) -> None:
         if value is not None:
             self.by_backend.setdefault(backend, {})[seed] = float(value)
+            if runtime:
+                self.runtimes.setdefault(backend, set()).add(runtime)
 
     def summary(self, backend: str) -> Summary | None:
         vals = list(self.by_backend.get(backend, {}).values())
@@ -50,8 +56,9 @@ def collect_metrics(results: list[dict]) -> list[Metric]:
     contributes its own (common/stages/<type>.py `metrics`)."""
     metrics: dict[tuple[str, str], Metric] = {}
 
-    def metric(group: str, what: str, unit: str, higher: bool, scale: float = 1.0, digits: int = 2) -> Metric:
-        return metrics.setdefault((group, what), Metric(group, what, unit, higher, scale, digits))
+    def metric(group: str, what: str, unit: str, higher: bool, scale: float = 1.0, digits: int = 2,
+               runtime_kind: str | None = None) -> Metric:
+        return metrics.setdefault((group, what), Metric(group, what, unit, higher, scale, digits, runtime_kind))
 
     # a failed run's partial figures would bias the means; the report lists the failure
     for r, st, kind in finished_stages([r for r in results if r.get("status") == "ok"]):
@@ -66,7 +73,8 @@ class Verdict:
     relative: float | None  # |difference| / the other backend's mean
     difference: PairedDifference | None
     text: str
-    withheld: str | None = None  # why the numbers cannot carry a verdict (common/report/validity.py)
+    withheld: str | None = None  # why the numbers cannot carry a verdict
+    withheld_by: str | None = None  # "validity" (common/report/validity.py) or "runtimes" (unlike_runtimes)
 
 
 # metric -> why its row gets no verdict (None: it may have one)
@@ -79,14 +87,31 @@ def subject(m: Metric) -> str | None:
     return parts[1] if len(parts) >= 3 else None
 
 
+def runtime_family(runtime: str) -> str:
+    """'Paddle Inference (AnalysisPredictor, oneDNN, IR optim on) on CPU' -> 'Paddle Inference'."""
+    return runtime.split(" (")[0].removesuffix(" on CPU").strip()
+
+
+def unlike_runtimes(m: Metric, a: str, b: str) -> str | None:
+    """Why a reference-runtime latency row cannot say which framework is faster: the two sides ran different
+    kinds of runtime, so the difference is the runtime's (issue 14: like with like). None where it may judge."""
+    if m.runtime_kind != "reference":
+        return None
+    fa, fb = ({runtime_family(r) for r in m.runtimes.get(x, ())} for x in (a, b))
+    if not fa or not fb or fa == fb:
+        return None
+    return (f"unlike runtimes ({' / '.join(sorted(fa))} against {' / '.join(sorted(fb))}); "
+            "the best-runtime and ONNX Runtime rows compare like with like")
+
+
 def verdict(m: Metric, a: str, b: str, blocked: Blocker = lambda m: None) -> Verdict:
     """Who is ahead on `m`, by how much, and how sure we are; 'no verdict' with the reason where the numbers
     cannot carry one."""
     d = m.difference(a, b)
     sa, sb = m.summary(a), m.summary(b)
-    reason = blocked(m)
-    if reason:
-        return Verdict(None, None, d, f"no verdict: {reason}", withheld=reason)
+    for cause, reason in (("validity", blocked(m)), ("runtimes", unlike_runtimes(m, a, b))):
+        if reason:
+            return Verdict(None, None, d, f"no verdict: {reason}", withheld=reason, withheld_by=cause)
     if d is None or sa is None or sb is None:
         missing = [title(x) for x, s in ((a, sa), (b, sb)) if s is None]
         return Verdict(None, None, d, "no result from " + " and ".join(missing) if missing else "no common seed")
@@ -130,9 +155,10 @@ def headline(metrics: list[Metric], a: str, b: str, blocked: Blocker = lambda m:
         ties = sum(1 for v in verdicts if v.ahead is None)
         if ties:
             parts.append(f"{ties} tie(s) or not comparable")
-        withheld = len(every) - len(verdicts)
-        if withheld:
-            parts.append(f"{withheld} without verdict (see the validity checks)")
+        for by, why in (("validity", "see the validity checks"), ("runtimes", "unlike runtimes")):
+            withheld = sum(1 for v in every if v.withheld_by == by)
+            if withheld:
+                parts.append(f"{withheld} without verdict ({why})")
         n = len(every)
         lines.append(f"**{group}** ({n} comparison{'s' if n != 1 else ''}): " + "; ".join(parts))
     return lines

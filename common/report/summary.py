@@ -29,7 +29,10 @@ def decision_section(results: list[dict], backends: list[str], blocked: Blocker 
         out += [f"Mean ± std over {len(seeds)} seed(s); difference = {title(b)} − {title(a)}, paired by seed, with "
                 "its 95% Student-t interval; *significant* means the interval excludes zero. Accuracy in % "
                 "(difference in points), sizes from the files on disk. Latency rows without a runtime name are each "
-                "framework's reference runtime (different runtimes, so the difference mixes framework and runtime); "
+                "framework's reference runtime for an fp32 file (for an int8 file, its engine's own int8 runtime, "
+                "named under *How each framework did it*); where the two reference runtimes are different kinds "
+                "(PyTorch eager against Paddle Inference) the difference is the runtime's, so those rows get no "
+                "verdict; "
                 "rows *on each framework's best runtime* compare the fastest correct deployment each framework's "
                 "own stack offers (named in its section); rows *on ONNX Runtime* run both frameworks' converted "
                 "files on one runtime, like with like.\n\n",

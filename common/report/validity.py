@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from common import onnx_runtime
 from common.backend_names import title
 from common.config import DATASET_CLASSES
 
@@ -266,7 +267,7 @@ def _conversion_findings(results: list[dict]) -> list[Finding]:
             if gap > CONVERSION_TOP1 and gap > worst.get(key, (0.0,))[0]:
                 worst[key] = (gap, r, own, converted)
     def rows(runtime: str) -> str:  # "ONNX Runtime 1.32.0 (...)" -> "on ONNX Runtime", as the decision rows say
-        return "on " + " ".join(w for w in runtime.split(" (")[0].split() if not w[0].isdigit())
+        return onnx_runtime.ON if runtime.startswith("ONNX Runtime") else "on " + runtime.split(" (")[0]
     return [Finding("conversion", slot, f"`{slot}` converted for {runtime.split(' (')[0]} on {title(b)} scores "
                     f"{converted * 100:.1f}% top-1 against its artifact's {own * 100:.1f}% (seed {r['seed']}): the "
                     f"converter changed the model, so its rows {rows(runtime)} compare a conversion, not the "

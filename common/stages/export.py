@@ -70,11 +70,11 @@ def on_onnxruntime(ctx: RunContext, stage: Stage, slot: str, model: Any, artifac
         check = logit_difference(artifact_predict(probe), predict(probe))
     except Exception as e:  # recorded and reported: a conversion failure is a finding, not a crash
         reason = failure_reason(e)
-        ctx.progress.say(f"{stage.name}: {slot} on ONNX Runtime unavailable ({reason})")
+        ctx.progress.say(f"{stage.name}: {slot} {onnx_runtime.ON} unavailable ({reason})")
         return {"status": "unavailable", "reason": reason, "runtime": onnx_runtime.runtime_name()}
     acc = classification_metrics(*predict_validation(predict, ctx.stream))
-    latency = time_batches(ctx, f"{stage.name}: {slot} on ONNX Runtime", predict, cfg.measure)
-    ctx.progress.say(f"{stage.name}: {slot} on ONNX Runtime: max |logit - artifact's| {check['max_abs']:.2g}, "
+    latency = time_batches(ctx, f"{stage.name}: {slot} {onnx_runtime.ON}", predict, cfg.measure)
+    ctx.progress.say(f"{stage.name}: {slot} {onnx_runtime.ON}: max |logit - artifact's| {check['max_abs']:.2g}, "
                      f"top-1 agreement {check['argmax_agree'] * 100:.1f}%, top1 {acc['top1'] * 100:.2f}%")
     return {"status": "ok", **artifact_record(onnx, ctx.out_dir), "runtime": onnx_runtime.runtime_name(),
             "threads": ctx.threads, "vs_artifact": check, "artifact_top1": acc["top1"], "latency": latency}
@@ -364,14 +364,15 @@ class Export(StageType):
         for slot, m in record["models"].items():
             metric("size", f"file `{slot}`", " MB", False).add(backend, seed, m["size_mb"])
             for bs, lat in m["latency"].items():
-                metric("latency", f"batch {bs} p50 `{slot}`", " ms", False).add(backend, seed, lat["p50_ms"])
+                metric("latency", f"batch {bs} p50 `{slot}`", " ms", False, runtime_kind="reference").add(
+                    backend, seed, lat["p50_ms"], runtime=m.get("runtime"))
             for best in best_of(m):  # each framework's fastest correct deployment on its own stack
                 for bs, lat in best["latency"].items():
                     metric("latency", f"batch {bs} p50 `{slot}` on each framework's best runtime", " ms",
                            False).add(backend, seed, lat["p50_ms"])
             for ort in ok_onnx(m):  # like with like: ONNX Runtime against ONNX Runtime
                 for bs, lat in ort["latency"].items():
-                    metric("latency", f"batch {bs} p50 `{slot}` on ONNX Runtime", " ms",
+                    metric("latency", f"batch {bs} p50 `{slot}` {onnx_runtime.ON}", " ms",
                            False).add(backend, seed, lat["p50_ms"])
 
     def csv_rows(self, add: RowSink, result: dict, record: dict) -> None:
@@ -400,7 +401,7 @@ class Export(StageType):
                 + [("latency", slot, f"`{slot}`'s batch-{bs} latency on its best runtime", lat.get("load"))
                    for slot, m in record["models"].items() for best in best_of(m) if best is not m
                    for bs, lat in best["latency"].items()]
-                + [("latency", slot, f"`{slot}`'s batch-{bs} latency on ONNX Runtime", lat.get("load"))
+                + [("latency", slot, f"`{slot}`'s batch-{bs} latency {onnx_runtime.ON}", lat.get("load"))
                    for slot, m in record["models"].items() for ort in ok_onnx(m)
                    for bs, lat in ort["latency"].items()])
 

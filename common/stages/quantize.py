@@ -201,7 +201,7 @@ def on_onnxruntime(ctx: RunContext, stage: Stage, fp32_predict_own: Callable[[np
     fp32_logits, labels = predict_validation(fp32_predict, ctx.stream)
     int8_logits, _ = predict_validation(int8_predict, ctx.stream)
     pairs = paired_predictions(fp32_logits.argmax(1), int8_logits.argmax(1), labels)
-    fp32_lat, int8_lat, speedup = time_pair(ctx, stage, fp32_predict, int8_predict, " on ONNX Runtime")
+    fp32_lat, int8_lat, speedup = time_pair(ctx, stage, fp32_predict, int8_predict, " " + onnx_runtime.ON)
     root = ctx.out_dir
     out: dict[str, Any] = {"status": "ok", "runtime": name, "threads": ctx.threads, "speedup": speedup,
                            "accuracy_drop": -pairs["diff"], "comparison": pairs}
@@ -440,21 +440,29 @@ class Quantize(StageType):
     def metrics(self, metric: MetricFactory, backend: str, seed: int, result: dict, record: dict) -> None:
         # The int8 slot is measured here (it cannot be exported again); the fp32 file of the same weights
         # only counts where no export stage measured that slot.
+        exported = {slot for s2 in result["stages"] if s2["type"] == "export" for slot in s2.get("models", {})}
         for kind, slot in (("int8", record["model"]), ("fp32", record["source"])):
             rec = record[kind]
-            if kind == "fp32" and any(s2["type"] == "export" and slot in s2.get("models", {})
-                                      for s2 in result["stages"]):
+            if kind == "fp32" and slot in exported:
                 continue
             metric("accuracy", f"top-1 `{slot}`", "%", True, 100).add(backend, seed, rec["top1"])
             metric("size", f"file `{slot}`", " MB", False).add(backend, seed, rec["size_mb"])
+            # int8 runs on its engine's only runtime, which is also its best; fp32 on the reference runtime
+            kind_of_runtime = "reference" if kind == "fp32" else None
             for bs, lat in rec["latency"].items():
-                metric("latency", f"batch {bs} p50 `{slot}`", " ms", False).add(backend, seed, lat["p50_ms"])
+                metric("latency", f"batch {bs} p50 `{slot}`", " ms", False, runtime_kind=kind_of_runtime).add(
+                    backend, seed, lat["p50_ms"], runtime=rec.get("runtime"))
         for ort in ok_onnx_pair(record):  # like with like: the int8 model on ONNX Runtime on both frameworks
-            metric("accuracy", f"top-1 `{record['model']}` on ONNX Runtime", "%", True, 100).add(
+            metric("accuracy", f"top-1 `{record['model']}` {onnx_runtime.ON}", "%", True, 100).add(
                 backend, seed, ort["int8"]["top1"])
-            for bs, lat in ort["int8"]["latency"].items():
-                metric("latency", f"batch {bs} p50 `{record['model']}` on ONNX Runtime", " ms", False).add(
-                    backend, seed, lat["p50_ms"])
+            # the fp32 parent too, where no export stage has its ONNX Runtime row: the like-with-like counterpart
+            # of its reference-runtime rows, which compare unlike runtimes
+            for kind, slot in (("fp32", record["source"]), ("int8", record["model"])):
+                if kind == "fp32" and slot in exported:
+                    continue
+                for bs, lat in ort[kind]["latency"].items():
+                    metric("latency", f"batch {bs} p50 `{slot}` {onnx_runtime.ON}", " ms", False).add(
+                        backend, seed, lat["p50_ms"])
         if record.get("qat"):
             metric("training time", f"`{record['name']}` QAT ({record['qat']['steps']} steps)", " s", False,
                    digits=1).add(backend, seed, record["qat"]["train_time_s"])
@@ -492,7 +500,7 @@ class Quantize(StageType):
         latency = [("latency", slot, f"`{slot}`'s batch-{bs} latency", lat.get("load"))
                    for kind, slot in (("fp32", record["source"]), ("int8", record["model"]))
                    for bs, lat in record[kind]["latency"].items()]
-        latency += [("latency", slot, f"`{slot}`'s batch-{bs} latency on ONNX Runtime", lat.get("load"))
+        latency += [("latency", slot, f"`{slot}`'s batch-{bs} latency {onnx_runtime.ON}", lat.get("load"))
                     for ort in ok_onnx_pair(record)
                     for kind, slot in (("fp32", record["source"]), ("int8", record["model"]))
                     for bs, lat in ort[kind]["latency"].items()]

@@ -71,7 +71,8 @@ class SlotState:
     archs: dict[str, str] = field(default_factory=dict)  # slot -> architecture name (derived slots inherit it)
 
 
-# A metric factory: metric(group, what, unit, higher_is_better, scale=1.0, digits=2) -> common.report.decision.Metric
+# A metric factory: metric(group, what, unit, higher_is_better, scale=1.0, digits=2, runtime_kind=None)
+# -> common.report.decision.Metric
 MetricFactory = Callable[..., Any]
 # A CSV row sink: add(result, stage name, model slot, metric name, value)
 RowSink = Callable[[dict, str, str, str, Any], None]

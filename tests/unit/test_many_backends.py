@@ -18,7 +18,7 @@ def result(backend: str, seed: int, top1: float, ms: float) -> dict:
         "size_bytes": 1000, "size_mb": 0.001, "params": 10, "macs": 100, "flops": 200, "artifact_top1": top1,
         "latency": {"1": {"p50_ms": ms, "p90_ms": ms * 1.1, "load": {"background_cores": 0.0, "contended": False,
                                                                     "threshold_cores": 0.1}}},
-        "runtime": f"{backend} runtime", "format": "file"}}}
+        "runtime": "ONNX Runtime 1.32.0 (shared)", "format": "file"}}}  # like with like: verdicts allowed
     evaluate = {"name": "evaluate", "type": "evaluate", "status": "ok",
                 "models": {"net": {"top1": top1, "top5": 1.0, "loss": 0.3}}}
     return {"schema_version": SCHEMA_VERSION, "backend": backend, "seed": seed, "status": "ok", "run_id": "run-1",

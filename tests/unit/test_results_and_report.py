@@ -158,6 +158,8 @@ def test_int8_pair_on_onnx_runtime_section_rows_and_reasons(tmp_path: Path):
     # like with like: the int8 model on ONNX Runtime gets its own rows, empty where one side did not convert
     assert "| latency | batch 1 p50 `int8` on ONNX Runtime | 2.00 ms | – | – |" in md
     assert "| accuracy | top-1 `int8` on ONNX Runtime | 94.00% | – | – |" in md
+    # and the fp32 parent no export stage measured: the like-with-like twin of its reference-runtime row
+    assert "| latency | batch 1 p50 `fp32` on ONNX Runtime | 4.00 ms | – | – |" in md
     rows = {x["metric"]: x["value"] for x in flat_rows(load_results(run)) if x["stage"] == "ptq"
             and x["backend"] == "torch"}
     assert rows["onnxruntime_speedup_b1"] == 2.0 and rows["onnxruntime_int8_latency_b1_p50_ms"] == 2.0
