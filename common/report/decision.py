@@ -27,12 +27,17 @@ class Metric:
     runtime_kind: str | None = None
     by_backend: dict[str, dict[int, float]] = field(default_factory=dict)
     runtimes: dict[str, set[str]] = field(default_factory=dict)  # backend -> the runtimes its values ran on
+    # backend -> deployment candidates its "best" search left out (with why): its best figure is then an upper bound
+    untried: dict[str, dict[str, str]] = field(default_factory=dict)
 
-    def add(self, backend: str, seed: int, value: float | None, runtime: str | None = None) -> None:
+    def add(self, backend: str, seed: int, value: float | None, runtime: str | None = None,
+            untried: dict[str, str] | None = None) -> None:
         if value is not None:
             self.by_backend.setdefault(backend, {})[seed] = float(value)
             if runtime:
                 self.runtimes.setdefault(backend, set()).add(runtime)
+            if untried:
+                self.untried.setdefault(backend, {}).update(untried)
 
     def summary(self, backend: str) -> Summary | None:
         vals = list(self.by_backend.get(backend, {}).values())
@@ -74,7 +79,8 @@ class Verdict:
     difference: PairedDifference | None
     text: str
     withheld: str | None = None  # why the numbers cannot carry a verdict
-    withheld_by: str | None = None  # "validity" (common/report/validity.py) or "runtimes" (unlike_runtimes)
+    # "validity" (common/report/validity.py), "runtimes" (unlike_runtimes) or "untried" (untried_behind)
+    withheld_by: str | None = None
 
 
 # metric -> why its row gets no verdict (None: it may have one)
@@ -104,6 +110,18 @@ def unlike_runtimes(m: Metric, a: str, b: str) -> str | None:
             "the best-runtime and ONNX Runtime rows compare like with like")
 
 
+def untried_behind(m: Metric, behind: str) -> str | None:
+    """Why a best-runtime row cannot name the other framework ahead: the side behind left deployment candidates
+    untried, so its best figure is only an upper bound (an untried path could only make it faster). Where the
+    side that left them out is ahead anyway, the verdict stands."""
+    left_out = m.untried.get(behind)
+    if not left_out:
+        return None
+    who = title(behind)
+    return "; ".join(f"{who}'s {runtime_family(name).removeprefix(who + ' ')} not tried ({why})" for name, why in
+                     sorted(left_out.items())) + f", so {who}'s best may be faster"
+
+
 def verdict(m: Metric, a: str, b: str, blocked: Blocker = lambda m: None) -> Verdict:
     """Who is ahead on `m`, by how much, and how sure we are; 'no verdict' with the reason where the numbers
     cannot carry one."""
@@ -119,6 +137,9 @@ def verdict(m: Metric, a: str, b: str, blocked: Blocker = lambda m: None) -> Ver
         return Verdict(None, 0.0, d, "tie")
     b_better = (d.mean > 0) == m.higher_is_better
     ahead = b if b_better else a
+    reason = untried_behind(m, a if b_better else b)
+    if reason:
+        return Verdict(None, None, d, f"no verdict: {reason}", withheld=reason, withheld_by="untried")
     base = sa.mean if b_better else sb.mean  # the framework behind
     rel = abs(d.mean) / abs(base) if base else None
     if m.unit == "%":
@@ -155,7 +176,8 @@ def headline(metrics: list[Metric], a: str, b: str, blocked: Blocker = lambda m:
         ties = sum(1 for v in verdicts if v.ahead is None)
         if ties:
             parts.append(f"{ties} tie(s) or not comparable")
-        for by, why in (("validity", "see the validity checks"), ("runtimes", "unlike runtimes")):
+        for by, why in (("validity", "see the validity checks"), ("runtimes", "unlike runtimes"),
+                        ("untried", "a best-runtime search left candidates out")):
             withheld = sum(1 for v in every if v.withheld_by == by)
             if withheld:
                 parts.append(f"{withheld} without verdict ({why})")

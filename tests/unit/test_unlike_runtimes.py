@@ -51,3 +51,31 @@ def test_a_validity_finding_is_named_before_the_runtime_mismatch_and_counted_apa
 ])
 def test_runtime_family_drops_the_settings(runtime, family):
     assert runtime_family(runtime) == family
+
+
+INDUCTOR = "PyTorch torch.compile (Inductor, freezing, per batch size) of the torch.export program on CPU"
+NOT_TRIED = {INDUCTOR: "stages.export.compile_candidates=true tries it"}
+
+
+def best_latency(torch_ms: float, paddle_ms: float, torch_untried: dict[str, str]) -> Metric:
+    m = Metric("latency", "batch 1 p50 `m` on each framework's best runtime", " ms", False)
+    for seed, jitter in enumerate([0.0, 0.1, -0.1]):
+        m.add("torch", seed, torch_ms + jitter, untried=torch_untried)
+        m.add("paddle", seed, paddle_ms + jitter)
+    return m
+
+
+@pytest.mark.parametrize("torch_ms, paddle_ms, untried, ahead", [
+    (3.0, 1.0, NOT_TRIED, None),       # PyTorch behind with Inductor untried: its best may be faster, no verdict
+    (1.0, 3.0, NOT_TRIED, "torch"),    # PyTorch ahead even without it: an untried path cannot undo that
+    (3.0, 1.0, {}, "paddle"),          # every candidate tried: the row judges
+])
+def test_a_best_runtime_search_that_left_candidates_out_cannot_lose_the_row(torch_ms, paddle_ms, untried, ahead):
+    v = verdict(best_latency(torch_ms, paddle_ms, untried), "torch", "paddle")
+    assert v.ahead == ahead
+    if ahead is None:
+        assert v.withheld_by == "untried"
+        assert v.text == ("no verdict: PyTorch's torch.compile not tried (stages.export.compile_candidates="
+                          "true tries it), so PyTorch's best may be faster")
+        line = headline([best_latency(torch_ms, paddle_ms, untried)], "torch", "paddle")[0]
+        assert line == ("**latency** (1 comparison): 1 without verdict (a best-runtime search left candidates out)")
