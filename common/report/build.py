@@ -91,7 +91,8 @@ def _header(run_dir: Path, results: list[dict], meta: dict, ix: ReportIndex) -> 
                                                           "`run-recipe --resume RUN_DIR --seeds ...`" if added else "")
                + "\n\n")
     if len(seeds) == 1:
-        out.append("**One seed:** the differences below are single measurements, not tested for significance. "
+        out.append("**One seed:** the differences below are single measurements, not tested for significance, so no "
+                   "row names a framework ahead. "
                    "Run with `--seeds 0,1,2` (the recipe default) for mean ± std over seeds.\n\n")
     return "".join(out)
 

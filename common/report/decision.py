@@ -79,7 +79,8 @@ class Verdict:
     difference: PairedDifference | None
     text: str
     withheld: str | None = None  # why the numbers cannot carry a verdict
-    # "validity" (common/report/validity.py), "runtimes" (unlike_runtimes) or "untried" (untried_behind)
+    # "validity" (common/report/validity.py), "runtimes" (unlike_runtimes), "untried" (untried_behind) or "noise"
+    # (a difference whose interval over seeds spans zero)
     withheld_by: str | None = None
 
 
@@ -148,18 +149,16 @@ def verdict(m: Metric, a: str, b: str, blocked: Blocker = lambda m: None) -> Ver
         by = f"{rel * 100:.0f}% {'higher' if m.higher_is_better else 'lower'}"
     else:
         by = "?"
-    if d.significant is None:
-        sure = "1 seed: not tested"
-    elif d.significant:
-        sure = f"significant, {d.n} seeds"
-    else:
-        sure = f"within seed noise, {d.n} seeds"
-    return Verdict(ahead, rel, d, f"**{title(ahead)}**, {by} ({sure})")
+    if not d.significant:  # a lead the seeds cannot tell from noise names no framework
+        reason = (f"within seed noise ({title(ahead)} {by}; " +
+                  ("1 seed, no interval)" if d.significant is None else f"the 95% interval spans zero, {d.n} seeds)"))
+        return Verdict(None, rel, d, f"no verdict: {reason}", withheld=reason, withheld_by="noise")
+    return Verdict(ahead, rel, d, f"**{title(ahead)}**, {by} (significant, {d.n} seeds)")
 
 
 def headline(metrics: list[Metric], a: str, b: str, blocked: Blocker = lambda m: None) -> list[str]:
-    """One line per group: how many comparisons each framework leads, and how many of those leads are
-    significant over the seeds (or untested with one seed); rows without a verdict are counted apart."""
+    """One line per group: how many comparisons each framework leads (a lead is always significant over the
+    seeds); rows without a verdict are counted apart, by cause."""
     lines = []
     for group in dict.fromkeys(m.group for m in metrics):
         every = [verdict(m, a, b, blocked) for m in metrics if m.group == group]
@@ -169,15 +168,12 @@ def headline(metrics: list[Metric], a: str, b: str, blocked: Blocker = lambda m:
             won = [v for v in verdicts if v.ahead == who]
             if not won:
                 continue
-            sig = sum(1 for v in won if v.difference and v.difference.significant)
-            untested = sum(1 for v in won if v.difference and v.difference.significant is None)
-            detail = (f"{sig} significant" if not untested else "untested, 1 seed") if won else ""
-            parts.append(f"{title(who)} ahead on {len(won)} ({detail})")
+            parts.append(f"{title(who)} ahead on {len(won)} (significant)")
         ties = sum(1 for v in verdicts if v.ahead is None)
         if ties:
             parts.append(f"{ties} tie(s) or not comparable")
         for by, why in (("validity", "see the validity checks"), ("runtimes", "unlike runtimes"),
-                        ("untried", "a best-runtime search left candidates out")):
+                        ("untried", "a best-runtime search left candidates out"), ("noise", "within seed noise")):
             withheld = sum(1 for v in every if v.withheld_by == by)
             if withheld:
                 parts.append(f"{withheld} without verdict ({why})")

@@ -27,7 +27,8 @@ def decision_section(results: list[dict], backends: list[str], blocked: Blocker 
         if len(backends) > 2:
             out.append(f"### {title(b)} against {title(a)}\n\n")
         out += [f"Mean ± std over {len(seeds)} seed(s); difference = {title(b)} − {title(a)}, paired by seed, with "
-                "its 95% Student-t interval; *significant* means the interval excludes zero. Accuracy in % "
+                "its 95% Student-t interval; a framework is named ahead only where that interval excludes zero "
+                "(*significant*), and a lead the seeds cannot tell from noise says so. Accuracy in % "
                 "(difference in points), sizes from the files on disk. Latency rows without a runtime name are each "
                 "framework's reference runtime for an fp32 file (for an int8 file, its engine's own int8 runtime, "
                 "named under *How each framework did it*); where the two reference runtimes are different kinds "

@@ -64,8 +64,16 @@ def test_verdict_lower_is_better_relative_to_the_framework_behind():
 def test_verdict_accuracy_in_points_and_noise_is_called_noise():
     m = _metric(True, {0: 0.80, 1: 0.90}, {0: 0.82, 1: 0.86}, unit="%", scale=100)
     v = verdict(m, "torch", "paddle")  # d = [+0.02, -0.04]: mean -0.01 -> torch ahead by 1 pt, CI spans 0
-    assert v.ahead == "torch" and "+1.00 pts" in v.text and "within seed noise, 2 seeds" in v.text
+    assert v.ahead is None and v.withheld_by == "noise"
+    assert v.text == "no verdict: within seed noise (PyTorch +1.00 pts; the 95% interval spans zero, 2 seeds)"
     assert fmt_difference(m, v.difference).startswith("-1.00 [")
+
+
+def test_a_single_seed_names_no_framework_ahead():
+    m = _metric(False, {0: 10.0}, {0: 5.0})
+    v = verdict(m, "torch", "paddle")
+    assert v.ahead is None and v.withheld_by == "noise"
+    assert v.text == "no verdict: within seed noise (PaddlePaddle 50% lower; 1 seed, no interval)"
 
 
 def test_verdict_names_the_missing_framework():

@@ -40,7 +40,7 @@ def test_a_validity_finding_is_named_before_the_runtime_mismatch_and_counted_apa
     ok = latency(None, EAGER, PADDLE)
     ok.what = "batch 1 p50 `m` on each framework's best runtime"
     line = headline([m, ok], "torch", "paddle")[0]
-    assert line == ("**latency** (2 comparisons): PaddlePaddle ahead on 1 (1 significant); "
+    assert line == ("**latency** (2 comparisons): PaddlePaddle ahead on 1 (significant); "
                     "1 without verdict (unlike runtimes)")
 
 
