@@ -16,6 +16,7 @@ from common.metrics import classification_metrics
 from common.pruning import agp_sparsity, is_depthwise, magnitude_masks, prune_steps, select_layers, sparsity_of
 from common.report.index import ReportIndex, delta_table, paired_prediction_files
 from common.schema import bounds
+from common.stages.export import best_of, ok_onnx
 from common.stages.loop import RunContext, evaluate_logits, fit, start_from_reference
 from common.stages.registry import MetricFactory, OneModelSlots, SlotState, Stage, StageType, register
 
@@ -227,12 +228,54 @@ def pruning_section(ix: ReportIndex) -> str:
                    "other value, so these models are not faster, and the file on disk is the same size; only a "
                    "compressed copy (zlib column) shrinks.\n")
     if any(k.endswith(" filter") for k in lowerings):
-        out.append("- Filter pruning removes channels: MACs, params, file size and latency of the exported model "
-                   "drop for real (see the artifacts table).\n")
+        out.append("- Filter pruning removes channels: MACs, params and file size of the exported model drop for "
+                   "real (see the artifacts table); whether it runs faster is measured per runtime below.\n")
     out.append("\n")
+    out.append(latency_after_pruning(ix))
     return "\n".join(out[:1]) + "\n" + "".join(out[1:])
 
 
+
+
+RUNTIMES = (("reference runtime", lambda rec: [rec]), ("best runtime", best_of), ("ONNX Runtime", ok_onnx))
+
+
+def latency_after_pruning(ix: ReportIndex) -> str:
+    """Filter-pruned model against its parent, runtime by runtime and batch size by batch size: fewer MACs are
+    not less time everywhere (a runtime's kernels may suit the parent's channel counts better), and the report
+    says where channels removed bought no speed instead of assuming they did."""
+    ratios: dict[tuple[str, str, str, str], list[float]] = defaultdict(list)
+    for b in ix.backends:
+        exports: dict[int, dict] = defaultdict(dict)
+        for seed, st in ix.stage_records(b, "export"):
+            exports[seed].update(st["models"])
+        for seed, st in ix.stage_records(b, "prune"):
+            pruned, parent = exports[seed].get(st["model"]), exports[seed].get(st.get("source", ""))
+            if st["method"] != "filter" or not pruned or not parent:
+                continue
+            for runtime, pick in RUNTIMES:
+                for child, base in zip(pick(pruned), pick(parent)):
+                    for bs, lat in (child.get("latency") or {}).items():
+                        before = (base.get("latency") or {}).get(bs, {}).get("p50_ms")
+                        if before:
+                            ratios[(st["name"], b, runtime, bs)].append(lat["p50_ms"] / before)
+    if not ratios:
+        return ""
+    rows, slower = [], []
+    for (name, b, runtime, bs), r in ratios.items():
+        mean = sum(r) / len(r)
+        rows.append([f"`{name}`", title(b), runtime, bs, f"×{mean:.2f}", f"×{min(r):.2f} – ×{max(r):.2f}",
+                     str(len(r)), "faster" if max(r) < 1 else ("slower" if min(r) > 1 else "mixed")])
+        if mean >= 1:
+            slower.append(f"{title(b)} ({runtime}, batch {bs}: ×{mean:.2f})")
+    out = ["**Pruned against its parent, latency** (p50 of the exported pruned model / p50 of its parent's, each "
+           "seed's own pair, on the same runtime and batch size):\n\n",
+           table(["stage", "backend", "runtime", "batch", "pruned / parent, mean", "range over seeds", "seeds",
+                  "pruned model"], rows), "\n"]
+    if slower:
+        out.append("Removing channels did not make the model faster for " + "; ".join(slower) + ": fewer MACs do "
+                   "not buy time on every runtime, so read the speed-up where you deploy.\n\n")
+    return "".join(out)
 
 
 def filter_overlap(ix: ReportIndex) -> str:
