@@ -218,7 +218,9 @@ def _refuse_contended(run_dir: Path, allowed: bool) -> None:
     busy = [f for f in check_run(run_dir, load_report_results(run_dir)[0]) if f.check == "contended"]
     if busy and not allowed:
         raise UsageError(f"{run_dir}: {len(busy)} timing(s) were taken under background load (e.g. "
-                         f"{busy[0].message.replace('`', '')}); rerun on a quiet machine, or publish anyway with "
+                         f"{busy[0].message.replace('`', '')}); on a quiet machine, `run-recipe --resume {run_dir}` times again a "
+                         "seed whose paired timing was contended (a contended training stage needs a new run), or "
+                         "publish anyway with "
                          "--allow-contended (make reports FORCE=1)")
 
 

@@ -9,7 +9,8 @@ timed in alternation too (common/metrics.time_alternating), so int8 against fp32
 
 Each process writes RUN/timing/seed-N/round-K.<backend>.json; the report pools the rounds of a (backend, seed)
 and uses them instead of the per-stage latencies, which stay in result.json for the record
-(common/report/paired.py).
+(common/report/paired.py). `run-recipe --resume` times a seed again whose rounds saw background load, keeping
+the earlier rounds in RUN/timing/seed-N/contended-K/.
 """
 from __future__ import annotations
 
@@ -54,6 +55,32 @@ def is_current(path: Path, result: dict) -> bool:
     return data.get("status") == "ok" and data.get("result_finished_at") == result.get("finished_at")
 
 
+def contended(path: Path) -> bool:
+    """A round file in which some timed window saw background load (common/load.py)."""
+    data = read_json(path)
+    return any((lat.get("load") or {}).get("contended") for item in data.get("items", [])
+               for lat in (item.get("latency") or {}).values())
+
+
+def set_aside_contended(run_dir: Path, seed: int, results: dict[str, dict]) -> Path | None:
+    """On resume, a seed whose current rounds include a contended window is timed again as a whole (A B B A
+    together, so the pairing holds): its round files move to timing/seed-N/contended-K/, kept, not read by the
+    report. Returns that folder, or None when the seed's rounds were quiet."""
+    folder = run_dir / TIMING_DIR / f"seed-{seed}"
+    current = [p for b, result in results.items() for p in sorted(folder.glob(f"round-*.{b}.json"))
+               if is_current(p, result)]
+    if not any(contended(p) for p in current):
+        return None
+    k = 1
+    while (folder / f"contended-{k}").exists():
+        k += 1
+    aside = folder / f"contended-{k}"
+    aside.mkdir()
+    for p in sorted(folder.glob("round-*.json")):
+        p.rename(aside / p.name)
+    return aside
+
+
 def _ready(run_dir: Path, backends: list[str], seed: int) -> tuple[list[str], str | None]:
     """Backends of a seed with a finished result and something to time; the reason when fewer than two."""
     ready = []
@@ -90,6 +117,10 @@ def run_phase(run_dir: Path, recipe: "Recipe", backends: list[str], threads: int
         results = {b: read_json(seed_dir(run_dir, b, seed) / "result.json") for b in ready}
         log = run_dir / TIMING_DIR / f"seed-{seed}" / "log.txt"
         log.parent.mkdir(parents=True, exist_ok=True)
+        aside = set_aside_contended(run_dir, seed, results)
+        if aside:
+            print(f"paired timing, seed {seed}: its rounds were taken under background load; timed again (the "
+                  f"earlier rounds are kept in {aside})", flush=True)
         for r, b in schedule(ready, recipe.timing.rounds):
             if is_current(timing_round_path(run_dir, seed, r, b), results[b]):
                 continue

@@ -11,7 +11,7 @@ from common.errors import RunFilesError
 from common.report.build import write_report
 from common.report.paired import timing_note, with_paired_latency
 from common.results import SCHEMA_VERSION, atomic_write_json, load_results, timing_round_path
-from common.run.paired_timing import is_current, schedule, timed_items
+from common.run.paired_timing import is_current, run_phase, schedule, set_aside_contended, timed_items
 from tests.unit.test_results_and_report import _quant_stage
 
 
@@ -110,6 +110,49 @@ def test_one_contended_round_flags_the_pooled_figure(tmp_path: Path):
     run = _run(tmp_path, [r0], [_round(r0, 0, t), _round(r0, 1, t, load=BUSY)])
     (r,), _ = with_paired_latency(run, load_results(run))
     assert r["stages"][0]["models"]["student"]["latency"]["1"]["load"]["contended"] is True
+
+
+class _Timing:
+    paired, rounds = True, 2
+
+
+class _Recipe:
+    timing, seeds, runtime = _Timing(), (0,), None
+
+
+class _QuietRounds:
+    """Stands in for the worker processes of the phase (their timing is tested with the frameworks): each call
+    writes the quiet round file the real `time` command would."""
+
+    def __init__(self, results: dict[str, dict]):
+        self.results, self.calls = results, []
+
+    def run(self, args, log, label, threads, backend, runtime, run_dir) -> int:
+        seed, round_no = int(args[args.index("--seed") + 1]), int(args[args.index("--round") + 1])
+        self.calls.append((round_no, backend))
+        t = {"export/models.student": [1.0], "ptq/fp32": [1.0], "ptq/int8": [1.0]}
+        atomic_write_json(timing_round_path(run_dir, seed, round_no, backend),
+                          _round(self.results[backend], round_no, t))
+        return 0
+
+
+def test_resume_times_again_a_seed_whose_rounds_were_contended_and_keeps_the_old_rounds(tmp_path: Path):
+    results = {b: _result(b, 0, 50.0, 50.0, 40.0) for b in ("torch", "paddle")}
+    t = {"export/models.student": [1.0], "ptq/fp32": [1.0], "ptq/int8": [1.0]}
+    rounds = [_round(results["torch"], 0, t, load=BUSY), _round(results["paddle"], 0, t),
+              _round(results["paddle"], 1, t), _round(results["torch"], 1, t)]
+    run = _run(tmp_path, list(results.values()), rounds)
+    executor = _QuietRounds(results)
+    assert run_phase(run, _Recipe(), ["torch", "paddle"], 2, executor) == []
+    assert executor.calls == [(0, "torch"), (0, "paddle"), (1, "paddle"), (1, "torch")]  # the whole A B B A again
+    kept = run / "timing" / "seed-0" / "contended-1"
+    assert sorted(p.name for p in kept.iterdir()) == ["round-0.paddle.json", "round-0.torch.json",
+                                                      "round-1.paddle.json", "round-1.torch.json"]
+    (r, _), _ = with_paired_latency(run, load_results(run))
+    assert r["stages"][0]["models"]["student"]["latency"]["1"]["load"]["contended"] is False
+    executor.calls.clear()  # quiet now: a second resume keeps every round
+    assert run_phase(run, _Recipe(), ["torch", "paddle"], 2, executor) == [] and executor.calls == []
+    assert set_aside_contended(run, 0, results) is None and not (run / "timing" / "seed-0" / "contended-2").exists()
 
 
 @pytest.mark.parametrize("damage", [
