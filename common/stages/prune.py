@@ -16,7 +16,7 @@ from common.metrics import classification_metrics
 from common.pruning import agp_sparsity, is_depthwise, magnitude_masks, prune_steps, select_layers, sparsity_of
 from common.report.index import ReportIndex, delta_table, paired_prediction_files
 from common.schema import bounds
-from common.stages.export import best_of, ok_onnx
+from common.stages.export import best_of, ok_onnx, own
 from common.stages.loop import RunContext, evaluate_logits, fit, start_from_reference
 from common.stages.registry import MetricFactory, OneModelSlots, SlotState, Stage, StageType, register
 
@@ -237,7 +237,7 @@ def pruning_section(ix: ReportIndex) -> str:
 
 
 
-RUNTIMES = (("reference runtime", lambda rec: [rec]), ("best runtime", best_of), ("ONNX Runtime", ok_onnx))
+RUNTIMES = (("reference runtime", own), ("best runtime", best_of), ("ONNX Runtime", ok_onnx))
 
 
 def latency_after_pruning(ix: ReportIndex) -> str:
