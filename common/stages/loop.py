@@ -99,15 +99,15 @@ def evaluate_logits(backend: Backend, model: Any, stream: BatchStream) -> tuple[
     return predict_validation(lambda x: backend.predict(model, x), stream)
 
 
-def recalibrate_bn(ctx: RunContext, model: Any, batches: int, epoch: int) -> None:
+def recalibrate_bn(ctx: RunContext, model: Any, batches: int) -> None:
     """Precise BN: replace the EMA running statistics by their average over `batches` training batches.
 
     With few steps and fast-moving weights (MobileNetV2 on small data) the EMA statistics lag so far
-    that eval-mode accuracy sits at chance while train-mode accuracy is high. The batches come from
-    the shared stream (epoch index `epoch`), so both backends recalibrate on identical data.
+    that eval-mode accuracy sits at chance while train-mode accuracy is high. The batches are the shared
+    stream's fixed recalibration draw, so both backends recalibrate on identical data, and every epoch on
+    the same data (a change between epochs is the weights', not the draw's).
     """
-    stream = (x for i, (x, _) in enumerate(ctx.stream.train_epoch(epoch)) if i < batches)
-    ctx.backend.recalibrate_bn(model, stream)
+    ctx.backend.recalibrate_bn(model, ctx.stream.recalibration_batches(batches))
 
 
 def fit(ctx: RunContext, stage: Stage, runner: StepRunner, model: Any, epochs: int, opt: OptimizerConfig,
@@ -153,11 +153,11 @@ def fit(ctx: RunContext, stage: Stage, runner: StepRunner, model: Any, epochs: i
             # numbers and the train-mode forward never reads running statistics, so the weights are unchanged.
             # Timed apart from training, like the validation pass.
             t1 = time.perf_counter()
-            recalibrate_bn(ctx, model, bn_batches, epoch + 1)
+            recalibrate_bn(ctx, model, bn_batches)
             recal_time = time.perf_counter() - t1
             if epoch == epochs - 1:
-                ctx.progress.say(f"{stage.name}: batch-norm statistics recomputed over {bn_batches} training "
-                                 "batches before each validation")
+                ctx.progress.say(f"{stage.name}: batch-norm statistics recomputed over the same {bn_batches} "
+                                 "training batches before each validation")
         logits, labels = evaluate_logits(ctx.backend, model, ctx.stream)
         val = classification_metrics(logits, labels)
         history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "last_lr": lr,
@@ -169,6 +169,7 @@ def fit(ctx: RunContext, stage: Stage, runner: StepRunner, model: Any, epochs: i
     return {"epochs": epochs, "steps": total, "train_time_s": train_time, "load": load.record(),
             "time_per_step_s": train_time / max(total, 1), "bn_recalibration_batches": bn_batches,
             "bn_recalibrated_every_epoch": bool(bn_batches),
+            "bn_recalibration_draw": "fixed" if bn_batches else None,
             "history": history,
             "final": history[-1] if history else {}}
 

@@ -33,6 +33,8 @@ def check_result(r: dict) -> None:
     assert r["schema_version"] == 1
     assert [s["name"] for s in r["stages"]] == ["train_teacher", "train_student", "distill", "evaluate", "export"]
     assert all(p["max_rel"] < 1e-4 for p in r["init_parity"].values())
+    # Batch norm recalibrated before every validation, on the seed's one fixed draw of training batches.
+    assert all(s["bn_recalibrated_every_epoch"] and s["bn_recalibration_draw"] == "fixed" for s in r["stages"][:3])
     ev = r["stages"][3]["models"]
     assert set(ev) == {"teacher", "student_baseline", "student_kd"}
     assert ev["teacher"]["top1"] > 0.3  # learns something in seconds on the synthetic smoke data

@@ -40,6 +40,20 @@ def test_same_seed_same_batches_other_seed_other_order():
     assert not np.array_equal(batches(cfg, 0, epoch=1)[0][1], a[0][1])
 
 
+def test_recalibration_draw_is_fixed_per_seed_and_not_an_epochs_batches():
+    """Batch norm is recalibrated on the same images before every validation, so a change in top-1 between epochs
+    is the weights'; the draw depends on the run seed (both backends of a seed share it), not on the epoch."""
+    cfg = DataConfig(augment=AugmentConfig(crop_padding=2, hflip=True))
+    stream = BatchStream(load_dataset(cfg), cfg, 0)
+    first, again = list(stream.recalibration_batches(3)), list(stream.recalibration_batches(3))
+    assert len(first) == 3 and all(x.shape == (cfg.batch_size, 3, 32, 32) for x in first)
+    assert all(np.array_equal(a, b) for a, b in zip(first, again))
+    other_seed = next(BatchStream(load_dataset(cfg), cfg, 1).recalibration_batches(1))
+    assert not np.array_equal(first[0], other_seed)
+    assert not any(np.array_equal(first[0], batches(cfg, 0, epoch=e, n=1)[0][0]) for e in range(4))
+    assert len(list(stream.recalibration_batches(10_000))) == stream.steps_per_epoch
+
+
 def test_digest_is_stable_across_processes_and_versions():
     """Pinned values: a change here means the data stream changed and old runs are no longer comparable."""
     cfg = DataConfig()
