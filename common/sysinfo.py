@@ -15,16 +15,31 @@ _FLAGS_OF_INTEREST = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8
 
 
 def cpu_info() -> dict[str, object]:
-    model, flags = platform.processor() or "unknown", set()
+    """The CPU a figure comes from. Cloud VMs often report only "AMD EPYC" as the model name: the family and
+    model numbers (25/1 is Zen 3, 25/17 Zen 4) and the SIMD flags tell the generations apart, and torch's
+    kernels run at different speeds on them."""
+    model, flags, numbers = platform.processor() or "unknown", set(), {}
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.is_file():
         for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name") and model in ("unknown", "", platform.machine()):
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
-    return {"model": model, "vendor": cpu_vendor(), "logical_cores": os.cpu_count(), "machine": platform.machine(),
+            key, _, value = (part.strip() for part in line.partition(":"))
+            if key == "model name" and model in ("unknown", "", platform.machine()):
+                model = value
+            elif key == "flags" and not flags:
+                flags = set(value.split())
+            elif key in ("cpu family", "model") and key not in numbers and value.isdigit():
+                numbers[key] = int(value)
+    return {"model": model, "vendor": cpu_vendor(), "family": numbers.get("cpu family"),
+            "model_number": numbers.get("model"), "logical_cores": os.cpu_count(), "machine": platform.machine(),
             "flags": sorted(f for f in _FLAGS_OF_INTEREST if f in flags)}
+
+
+def cpu_label(cpu: dict) -> str:
+    """One CPU's name as reports print it: the model name, with family/model numbers where recorded."""
+    label = str(cpu.get("model", "?"))
+    if cpu.get("family") is not None:
+        label += f" (family {cpu['family']} model {cpu.get('model_number', '?')})"
+    return label
 
 
 def cpu_vendor() -> str:
@@ -37,18 +52,26 @@ def cpu_vendor() -> str:
     return "unknown"
 
 
-def project_commit() -> dict[str, object] | None:
-    """The slimbench commit that produced a result, and whether the tree had local changes: a figure is only
-    reproducible from a known commit. None outside a git checkout (e.g. an installed wheel)."""
+# What a run executes: a local change anywhere else (README, docs, tests, benchmarks, or reports/, which
+# `make reports` itself rewrites between recipes) cannot change a figure, so it does not make a result "dirty".
+RUN_PATHS = ("common", "backends", "pyproject.toml", "Makefile")
+
+
+def project_commit(root: Path = PROJECT_ROOT) -> dict[str, object] | None:
+    """The slimbench commit that produced a result, and the uncommitted changes to the files a run executes
+    (RUN_PATHS): a figure is only reproducible from a known commit. None outside a git checkout (e.g. an
+    installed wheel)."""
     def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=30,
-                              check=True).stdout.strip()
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=30,
+                              check=True).stdout
     try:
-        commit = git("rev-parse", "HEAD")
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+        commit = git("rev-parse", "HEAD").strip()
+        changed = sorted(line[3:].strip() for line in
+                         git("status", "--porcelain", "--untracked-files=no", "--", *RUN_PATHS).splitlines()
+                         if line.strip())
     except (OSError, subprocess.SubprocessError):
         return None
-    return {"commit": commit, "dirty": dirty}
+    return {"commit": commit, "dirty": bool(changed), "changed": changed}
 
 
 def platform_info() -> dict[str, object]:

@@ -12,6 +12,7 @@ from common.recipe.loader import recipe_digest
 from common.report.paired import load_report_results
 from common.results import read_json
 from common.stats import paired_difference
+from common.sysinfo import cpu_label
 
 
 def _env_facts(results: list[dict]) -> dict[str, str]:
@@ -28,7 +29,7 @@ def _env_facts(results: list[dict]) -> dict[str, str]:
         if env.get("numpy"):
             add("numpy", env["numpy"])
         cpu = env.get("cpu") or {}
-        add("CPU", f"{cpu.get('model', '?')} ({cpu.get('logical_cores', '?')} cores)")
+        add("CPU", f"{cpu_label(cpu)} ({cpu.get('logical_cores', '?')} cores; {' '.join(cpu.get('flags', []))})")
         add("device", env.get("gpu") or env.get("device", "?"))
         add("threads", env.get("threads", "?"))
         c = env.get("slimbench")

@@ -11,6 +11,7 @@ from common.report.decision import Blocker, collect_metrics, decision_rows, head
 from common.stages.registry import stage_type
 from common.report.markdown_table import table
 from common.recipe.loader import recipe_digest
+from common.sysinfo import cpu_label
 
 
 def decision_section(results: list[dict], backends: list[str], blocked: Blocker = lambda m: None) -> str:
@@ -94,11 +95,23 @@ def _commits(results: list[dict]) -> list[str]:
     for r in results:
         c = (r.get("environment") or {}).get("slimbench")
         key = ("not recorded (result written before slimbench recorded its commit)" if c is None else
-               f"`{c['commit'][:12]}`" + (" with local changes" if c.get("dirty") else ""))
+               f"`{c['commit'][:12]}`" + _local_changes(c))
         seen[key].append(f"{r['backend']} seed {r['seed']}")
     if len(seen) == 1:
         return [next(iter(seen))]
     return [f"{k}: {', '.join(v)}" for k, v in seen.items()]
+
+
+def _local_changes(commit: dict) -> str:
+    """Which run files differed from the commit; results before 2026-12-03 recorded only a flag, set by any
+    tracked file (the README, or the reports `make reports` had just published) as well as by code."""
+    if not commit.get("dirty"):
+        return ""
+    if "changed" not in commit:
+        return " with local changes (any tracked file; not recorded which)"
+    shown = commit["changed"][:5]
+    more = len(commit["changed"]) - len(shown)
+    return " with local changes to " + ", ".join(f"`{p}`" for p in shown) + (f" and {more} more" if more else "")
 
 
 def reproducibility_section(results: list[dict], meta: dict[str, Any]) -> str:
@@ -126,7 +139,7 @@ def reproducibility_section(results: list[dict], meta: dict[str, Any]) -> str:
         worst = max(parity)
         lines.append(f"- Initial weights: worst logit difference after conversion {worst[0]:.1e} (relative; "
                      f"tolerance {worst[1]:.0e}) over every model, backend and seed")
-    cpus = {(e.get("cpu") or {}).get("model", "?"): e.get("cpu") or {} for e in
+    cpus = {cpu_label(e.get("cpu") or {}): e.get("cpu") or {} for e in
             (r.get("environment") or {} for r in results)}
     for model, cpu in cpus.items():
         lines.append(f"- CPU: {model}, {cpu.get('logical_cores', '?')} logical cores, flags "
