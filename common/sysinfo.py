@@ -42,6 +42,13 @@ def cpu_label(cpu: dict) -> str:
     return label
 
 
+def cpu_description(cpu: dict) -> str:
+    """A CPU with its family/model numbers, core count and SIMD flags in one parenthesis, for tables."""
+    parts = ([f"family {cpu['family']} model {cpu.get('model_number', '?')}"] if cpu.get("family") is not None
+             else []) + [f"{cpu.get('logical_cores', '?')} cores", " ".join(cpu.get("flags", [])) or "no avx2/avx512"]
+    return f"{cpu.get('model', '?')} ({'; '.join(parts)})"
+
+
 def cpu_vendor() -> str:
     """/proc/cpuinfo's vendor_id (GenuineIntel, AuthenticAMD), or "unknown"."""
     cpuinfo = Path("/proc/cpuinfo")

@@ -26,7 +26,7 @@ from common.results import atomic_write_bytes, atomic_write_text, read_json, tim
 from common.stages.export import deployment_runtimes
 from common.stages.registry import in_section_order, stage_type, stage_types
 from common.report.validity import blocker, validity_section
-from common.sysinfo import cpu_label
+from common.sysinfo import cpu_description
 
 PLOTS_DIR = "plots"
 
@@ -200,8 +200,7 @@ def _environment_section(results: list[dict]) -> str:
         vers = ", ".join(f"{k} {v}" for k, v in (env.get("versions") or {}).items())
         rows.append([title(r["backend"]), str(r["seed"])] + ([f"`{env.get('host', '?')}`"] if hosts else [])
                     + [vers, env.get("device", "?"), str(env.get("threads", "?")),
-                       f"{cpu_label(cpu)} ({cpu.get('logical_cores', '?')} cores; "
-                       f"{' '.join(cpu.get('flags', []))})", f"{r.get('peak_rss_mb', 0):.0f} MB",
+                       cpu_description(cpu), f"{r.get('peak_rss_mb', 0):.0f} MB",
                        f"{r.get('wall_time_s', 0):.0f} s"])
     return "## Environment per run\n\n" + table(["backend", "seed"] + (["host"] if hosts else [])
                                                  + ["versions", "device", "threads", "CPU", "peak RSS", "wall time"],

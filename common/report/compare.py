@@ -12,7 +12,7 @@ from common.recipe.loader import recipe_digest
 from common.report.paired import load_report_results
 from common.results import read_json
 from common.stats import paired_difference
-from common.sysinfo import cpu_label
+from common.sysinfo import cpu_description
 
 
 def _env_facts(results: list[dict]) -> dict[str, str]:
@@ -29,7 +29,7 @@ def _env_facts(results: list[dict]) -> dict[str, str]:
         if env.get("numpy"):
             add("numpy", env["numpy"])
         cpu = env.get("cpu") or {}
-        add("CPU", f"{cpu_label(cpu)} ({cpu.get('logical_cores', '?')} cores; {' '.join(cpu.get('flags', []))})")
+        add("CPU", cpu_description(cpu))
         add("device", env.get("gpu") or env.get("device", "?"))
         add("threads", env.get("threads", "?"))
         c = env.get("slimbench")

@@ -146,7 +146,7 @@ def verdict(m: Metric, a: str, b: str, blocked: Blocker = lambda m: None) -> Ver
     if m.unit == "%":
         by = f"+{abs(d.mean) * m.scale:.2f} pts"
     elif rel is not None:
-        by = f"{rel * 100:.0f}% {'higher' if m.higher_is_better else 'lower'}"
+        by = f"{_percent(rel)} {'higher' if m.higher_is_better else 'lower'}"
     else:
         by = "?"
     if not d.significant:  # a lead the seeds cannot tell from noise names no framework
@@ -154,6 +154,12 @@ def verdict(m: Metric, a: str, b: str, blocked: Blocker = lambda m: None) -> Ver
                   ("1 seed, no interval)" if d.significant is None else f"the 95% interval spans zero, {d.n} seeds)"))
         return Verdict(None, rel, d, f"no verdict: {reason}", withheld=reason, withheld_by="noise")
     return Verdict(ahead, rel, d, f"**{title(ahead)}**, {by} (significant, {d.n} seeds)")
+
+
+def _percent(rel: float) -> str:
+    """A relative difference as the report prints it: whole percent, one decimal under 1% (a significant
+    0.5% difference must not read "0% lower")."""
+    return f"{rel * 100:.1f}%" if rel * 100 < 0.95 else f"{rel * 100:.0f}%"
 
 
 def headline(metrics: list[Metric], a: str, b: str, blocked: Blocker = lambda m: None) -> list[str]:

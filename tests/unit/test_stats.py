@@ -61,6 +61,14 @@ def test_verdict_lower_is_better_relative_to_the_framework_behind():
     assert "50% lower" in v.text and "significant, 3 seeds" in v.text
 
 
+def test_a_significant_difference_under_one_percent_does_not_read_zero_percent():
+    # the committed from_checkpoint report's teacher file: 45.03 MB against 44.81 MB, identical on every seed
+    m = _metric(False, {0: 45.03, 1: 45.03, 2: 45.03}, {0: 44.81, 1: 44.81, 2: 44.81})
+    v = verdict(m, "torch", "paddle")
+    assert v.ahead == "paddle"
+    assert "0.5% lower" in v.text and "0% lower" not in v.text.replace("0.5% lower", "")
+
+
 def test_verdict_accuracy_in_points_and_noise_is_called_noise():
     m = _metric(True, {0: 0.80, 1: 0.90}, {0: 0.82, 1: 0.86}, unit="%", scale=100)
     v = verdict(m, "torch", "paddle")  # d = [+0.02, -0.04]: mean -0.01 -> torch ahead by 1 pt, CI spans 0

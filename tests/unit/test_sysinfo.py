@@ -66,3 +66,13 @@ def test_cpu_info_reads_the_family_and_model_numbers_of_this_machine() -> None:
     if not Path("/proc/cpuinfo").is_file():
         pytest.skip("no /proc/cpuinfo")
     assert isinstance(info["family"], int) and isinstance(info["model_number"], int)
+
+
+def test_compare_lists_two_cpu_generations_with_one_model_name_as_a_difference() -> None:
+    from common.report.compare import _env_facts
+    results = [{"environment": {"cpu": {"model": "AMD EPYC", "family": 25, "model_number": n, "logical_cores": 2,
+                                        "flags": flags}}}
+               for n, flags in ((1, ["avx2", "fma"]), (17, ["avx2", "avx512f", "fma"]))]
+    cpu = _env_facts(results)["CPU"]
+    assert "AMD EPYC (family 25 model 1; 2 cores; avx2 fma)" in cpu
+    assert "AMD EPYC (family 25 model 17; 2 cores; avx2 avx512f fma)" in cpu
