@@ -18,34 +18,41 @@ def cpu_info() -> dict[str, object]:
     """The CPU a figure comes from. Cloud VMs often report only "AMD EPYC" as the model name: the family and
     model numbers (25/1 is Zen 3, 25/17 Zen 4) and the SIMD flags tell the generations apart, and torch's
     kernels run at different speeds on them."""
-    model, flags, numbers = platform.processor() or "unknown", set(), {}
+    model, flags, numbers, vendor = platform.processor() or "unknown", set(), {}, "unknown"
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.is_file():
         for line in cpuinfo.read_text().splitlines():
             key, _, value = (part.strip() for part in line.partition(":"))
             if key == "model name" and model in ("unknown", "", platform.machine()):
                 model = value
+            elif key == "vendor_id" and vendor == "unknown":
+                vendor = value
             elif key == "flags" and not flags:
                 flags = set(value.split())
             elif key in ("cpu family", "model") and key not in numbers and value.isdigit():
                 numbers[key] = int(value)
-    return {"model": model, "vendor": cpu_vendor(), "family": numbers.get("cpu family"),
+    return {"model": model, "vendor": vendor, "family": numbers.get("cpu family"),
             "model_number": numbers.get("model"), "logical_cores": os.cpu_count(), "machine": platform.machine(),
             "flags": sorted(f for f in _FLAGS_OF_INTEREST if f in flags)}
 
 
+NO_FLAGS_OF_INTEREST = "none of avx2/avx512/amx"
+
+
+def _family_model(cpu: dict) -> list[str]:
+    """["family F model M"] where the result recorded them (results before 2026-12-03 did not), else []."""
+    return [f"family {cpu['family']} model {cpu.get('model_number', '?')}"] if cpu.get("family") is not None else []
+
+
 def cpu_label(cpu: dict) -> str:
     """One CPU's name as reports print it: the model name, with family/model numbers where recorded."""
-    label = str(cpu.get("model", "?"))
-    if cpu.get("family") is not None:
-        label += f" (family {cpu['family']} model {cpu.get('model_number', '?')})"
-    return label
+    return str(cpu.get("model", "?")) + "".join(f" ({p})" for p in _family_model(cpu))
 
 
 def cpu_description(cpu: dict) -> str:
     """A CPU with its family/model numbers, core count and SIMD flags in one parenthesis, for tables."""
-    parts = ([f"family {cpu['family']} model {cpu.get('model_number', '?')}"] if cpu.get("family") is not None
-             else []) + [f"{cpu.get('logical_cores', '?')} cores", " ".join(cpu.get("flags", [])) or "no avx2/avx512"]
+    parts = _family_model(cpu) + [f"{cpu.get('logical_cores', '?')} cores",
+                                  " ".join(cpu.get("flags", [])) or NO_FLAGS_OF_INTEREST]
     return f"{cpu.get('model', '?')} ({'; '.join(parts)})"
 
 

@@ -11,7 +11,7 @@ from common.report.decision import Blocker, collect_metrics, decision_rows, head
 from common.stages.registry import stage_type
 from common.report.markdown_table import table
 from common.recipe.loader import recipe_digest
-from common.sysinfo import cpu_label
+from common.sysinfo import NO_FLAGS_OF_INTEREST, cpu_label
 
 
 def decision_section(results: list[dict], backends: list[str], blocked: Blocker = lambda m: None) -> str:
@@ -143,7 +143,7 @@ def reproducibility_section(results: list[dict], meta: dict[str, Any]) -> str:
             (r.get("environment") or {} for r in results)}
     for model, cpu in cpus.items():
         lines.append(f"- CPU: {model}, {cpu.get('logical_cores', '?')} logical cores, flags "
-                     f"{' '.join(cpu.get('flags', [])) or 'none of avx2/avx512/amx'}")
+                     f"{' '.join(cpu.get('flags', [])) or NO_FLAGS_OF_INTEREST}")
     gpus = {(r.get("environment") or {}).get("gpu") for r in results} - {None}
     devices = {(r.get("environment") or {}).get("device") for r in results} - {None}
     lines.append(f"- Device: {', '.join(sorted(devices)) or '?'}" + (f"; GPU {', '.join(sorted(gpus))}" if gpus
