@@ -5,10 +5,23 @@ import numpy as np
 import paddle
 from paddle import nn
 from paddle.nn import functional as F
+from paddle.nn.quant.quant_layers import FakeQuantMovingAverageAbsMax, MovingAverageAbsMaxScale
 
 from backends.paddle.programs import OnednnDepthwiseProgram, depthwise_conv_count, forward_program
 from backends.paddle.prune import apply_masks
 from common.config import OptimizerConfig
+
+
+# PaddleSlim QAT's layers whose training-mode forward updates a moving-average range (input and output scales).
+MOVING_RANGE_LAYERS = (FakeQuantMovingAverageAbsMax, MovingAverageAbsMaxScale)
+# The model attribute listing the range layers a QAT stage froze (backends/paddle/quantize.py `freeze_qat_ranges`).
+FROZEN_RANGES = "_slimbench_frozen_ranges"
+
+
+def hold_frozen_ranges(model: nn.Layer) -> None:
+    """Back to eval mode for the range layers QAT froze: Paddle's train() sets every sublayer training."""
+    for m in model.__dict__.get(FROZEN_RANGES, ()):
+        m.eval()
 
 
 class DecoupledAdamW:
@@ -87,6 +100,7 @@ class Trainer:
     def loss(self, x: np.ndarray, y: np.ndarray) -> paddle.Tensor:
         if not self.model.training:  # evaluation left it in eval mode; train() walks every layer, so not per step
             self.objective.train()
+            hold_frozen_ranges(self.model)
         return (self.program or self.objective)(*self.inputs(x, y))
 
     def step(self, x: np.ndarray, y: np.ndarray, lr: float) -> float:
@@ -109,6 +123,8 @@ def recalibrate_bn(model: nn.Layer, batches, onednn_depthwise: bool = False) -> 
 
     Dropout stays off, and every layer's mode is restored: recalibrating draws no random numbers and leaves
     the model as training left it, so recalibrating before every validation does not change the weights.
+    In a QAT model the layers that keep moving-average quantization ranges run in eval mode for the pass (in
+    training mode they would update the ranges QAT learns); in eval mode they apply the stored ranges.
     """
     bns = [m for m in model.sublayers() if isinstance(m, nn.layer.norm._BatchNormBase)]
     saved = [m._momentum for m in bns]
@@ -119,7 +135,7 @@ def recalibrate_bn(model: nn.Layer, batches, onednn_depthwise: bool = False) -> 
         m._variance.set_value(paddle.ones_like(m._variance))
     model.train()
     for m in model.sublayers():
-        if isinstance(m, nn.Dropout):
+        if isinstance(m, (nn.Dropout, *MOVING_RANGE_LAYERS)):
             m.eval()
     sums: list[list[np.ndarray]] = [[np.zeros(m._mean.shape), np.zeros(m._variance.shape)] for m in bns]
     count = 0

@@ -142,13 +142,23 @@ def predict_fake_quant(prepared: nn.Module, fn: Callable[[], np.ndarray]) -> np.
     """Evaluate a QAT model without letting validation data move its observed ranges.
 
     torch's FakeQuantize observes whenever its observer is enabled, in eval mode too; Paddle's uses the
-    stored scales in eval mode. Observers are frozen for the call and re-enabled after.
+    stored scales in eval mode. Observers are frozen for the call and each is restored to its own state after
+    (QAT may have frozen some for good).
     """
+    observing = [(m, m.observer_enabled.clone()) for m in prepared.modules() if isinstance(m, tq.FakeQuantizeBase)]
     prepared.apply(tq.disable_observer)
     try:
         return fn()
     finally:
-        prepared.apply(tq.enable_observer)
+        for m, enabled in observing:
+            m.observer_enabled.copy_(enabled)
+
+
+def freeze_qat_ranges(prepared: nn.Module) -> None:
+    """torch.ao's `disable_observer` on every FakeQuantize (activations and weights): each keeps the scale and zero
+    point it last observed, as the PyTorch QAT tutorial freezes them for its last epochs. It persists through
+    train()/eval(); evaluation and batch-norm recalibration restore each observer to this state."""
+    prepared.apply(tq.disable_observer)
 
 
 def convert_qat(prepared: nn.Module, cfg: QuantizeStage, example: np.ndarray, out_dir: Path,
@@ -237,6 +247,7 @@ class Quantization:
     quantize_static = staticmethod(quantize_static)
     quantize_dynamic = staticmethod(quantize_dynamic)
     prepare_qat = staticmethod(prepare_qat)
+    freeze_qat_ranges = staticmethod(freeze_qat_ranges)
     convert_qat = staticmethod(convert_qat)
     load_quantized = staticmethod(load_quantized)
     export_quantized_onnx = staticmethod(export_quantized_onnx)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torch import nn
+from torch.ao.quantization import FakeQuantizeBase
 from torch.nn import functional as F
 
 from common.pruning import is_depthwise
@@ -107,10 +108,15 @@ def recalibrate_bn(model: nn.Module, batches, device: torch.device) -> None:
     """Cumulative-average BN statistics (momentum=None) over the given batches; mirrors the paddle backend.
 
     Dropout stays off, and every module's mode is restored: recalibrating draws no random numbers and leaves
-    the model as training left it, so recalibrating before every validation does not change the weights."""
+    the model as training left it, so recalibrating before every validation does not change the weights.
+    In a QAT model the fake-quant observers are held for the pass (their ranges are what QAT learns, and a
+    FakeQuantize observes whenever its observer is enabled) and restored to their own state after."""
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     saved = [m.momentum for m in bns]
     modes = [(m, m.training) for m in model.modules()]
+    observing = [(m, m.observer_enabled.clone()) for m in model.modules() if isinstance(m, FakeQuantizeBase)]
+    for m, _ in observing:
+        m.disable_observer()
     for m in bns:
         m.reset_running_stats()
         m.momentum = None
@@ -127,6 +133,8 @@ def recalibrate_bn(model: nn.Module, batches, device: torch.device) -> None:
             m.momentum = momentum
         for m, training in modes:
             m.training = training
+        for m, enabled in observing:
+            m.observer_enabled.copy_(enabled)
 
 
 class Training:

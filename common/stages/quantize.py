@@ -59,6 +59,13 @@ class QuantizeStage:
     epochs: int = field(default=1, metadata=bounds(gt=0))  # qat only
     optimizer: OptimizerConfig = OptimizerConfig(name="sgd", lr=0.001, weight_decay=0.0)  # qat only
     schedule: ScheduleConfig = ScheduleConfig()  # qat only
+    # qat only: before each validation (and so before conversion) recompute batch-norm statistics over this many
+    # training batches of the shared fixed draw, fake-quant ranges held; as the train stage's option of that name.
+    bn_recalibration_batches: int = field(default=0, metadata=bounds(ge=0))
+    # qat only: for the last N epochs the fake-quant ranges stop moving (torch.ao `disable_observer`; PaddleSlim's
+    # moving-average scale layers in eval mode) and only the weights train, as the PyTorch QAT tutorial does; the
+    # model converted is the one validated last, with no range still drifting at a learning rate near zero.
+    freeze_ranges_epochs: int = field(default=0, metadata=bounds(ge=0))
     measure: MeasureConfig = MeasureConfig()
     # Runtimes the int8 file and its fp32 parent are also measured on, as a pair: `onnxruntime` converts both
     # with the framework's converter (QDQ for int8) and times them on ONNX Runtime in alternation.
@@ -119,7 +126,10 @@ def run_quantize(ctx: RunContext, stage: Stage) -> dict[str, Any]:
         prepared = ctx.backend.prepare_qat(work, cfg, example)
         ctx.models[out] = prepared
         runner = ctx.backend.trainer(prepared, cfg.optimizer)
-        record["qat"] = fit(ctx, stage, runner, prepared, cfg.epochs, cfg.optimizer, cfg.schedule)
+        record["qat"] = fit(ctx, stage, runner, prepared, cfg.epochs, cfg.optimizer, cfg.schedule,
+                            cfg.bn_recalibration_batches, before_step=range_freezer(ctx, stage, prepared))
+        record["qat"]["ranges_frozen_from_epoch"] = (cfg.epochs - cfg.freeze_ranges_epochs + 1
+                                                     if cfg.freeze_ranges_epochs else None)
         qm = ctx.backend.convert_qat(prepared, cfg, example, art_dir / "int8", ctx.threads)
     record["quantize_time_s"] = time.perf_counter() - t0
     ctx.models[out] = qm
@@ -132,6 +142,22 @@ def run_quantize(ctx: RunContext, stage: Stage) -> dict[str, Any]:
     if fp32_onnx is not None:
         record["runtimes"][onnx_runtime.NAME] = on_onnxruntime(ctx, stage, fp32_predict, fp32_onnx, qm, record)
     return record
+
+
+def range_freezer(ctx: RunContext, stage: Stage, prepared: Any) -> Callable[[int], None] | None:
+    """The loop's before-step hook that freezes the fake-quant ranges at the first step of the last
+    `freeze_ranges_epochs` epochs; None when the stage freezes nothing."""
+    cfg: QuantizeStage = stage.config
+    if not cfg.freeze_ranges_epochs:
+        return None
+    at = (cfg.epochs - cfg.freeze_ranges_epochs) * ctx.stream.steps_per_epoch
+
+    def freeze(global_step: int) -> None:
+        if global_step == at:
+            ctx.backend.freeze_qat_ranges(prepared)
+            ctx.progress.say(f"{stage.name}: fake-quant ranges frozen for the last {cfg.freeze_ranges_epochs} "
+                             "epoch(s); only the weights train")
+    return freeze
 
 
 def parent_predictor(ctx: RunContext, fp32_artifact: ExportedArtifact,
@@ -304,6 +330,16 @@ def onnx_pair_section(ix: ReportIndex) -> str:
     return "".join(out)
 
 
+def qat_summary(qat: dict[str, Any]) -> str:
+    """How a QAT stage trained, in the quantization table's words: epochs, range freezing, batch-norm handling."""
+    parts = [f"{qat['epochs']} epoch(s)"]
+    if qat.get("ranges_frozen_from_epoch"):
+        parts.append(f"ranges frozen from epoch {qat['ranges_frozen_from_epoch']}")
+    if qat.get("bn_recalibration_batches"):
+        parts.append(f"BN recalibrated on {qat['bn_recalibration_batches']} batches")
+    return ", ".join(parts)
+
+
 def quantization_section(ix: ReportIndex) -> str:
     """int8 artifact next to the fp32 artifact of the same weights, per backend and seed."""
     rows, lowerings, starts, warned, kernels, compiles = [], {}, set(), {}, {}, {}
@@ -315,7 +351,7 @@ def quantization_section(ix: ReportIndex) -> str:
             lo, hi = st["accuracy_drop_ci95"]
             cmp = st["comparison"]
             calib = (f"{st['calibration']}, {st['calibration_batches']} batches" if st["mode"] == "ptq_static"
-                     else f"{st['qat']['epochs']} epoch(s)" if st.get("qat") else "–")
+                     else qat_summary(st["qat"]) if st.get("qat") else "–")
             lat = [f"{fp['latency'][bs]['p50_ms']:.2f} → {q['latency'][bs]['p50_ms']:.2f} "
                    f"(×{q['latency'][bs]['p50_ms'] / fp['latency'][bs]['p50_ms']:.2f})"
                    if bs in fp["latency"] and bs in q["latency"] else "–" for bs in batch_sizes]
@@ -419,6 +455,9 @@ class Quantize(StageType):
             raise RecipeError(source, f"{path}.torch_engine", "'fx' for mode '" + cfg.mode + "' (the pt2e engine "
                               "runs ptq_static here: pt2e QAT trains an exported graph the training loop does not "
                               "drive)", cfg.torch_engine)
+        if cfg.mode == "qat" and cfg.freeze_ranges_epochs > cfg.epochs:
+            raise RecipeError(source, f"{path}.freeze_ranges_epochs", f"at most epochs ({cfg.epochs}): the ranges "
+                              "freeze for the last N of the QAT epochs", cfg.freeze_ranges_epochs)
         if cfg.mode == "qat" and cfg.model in state.masked:
             raise RecipeError(source, f"{path}.mode", "'ptq_static' for a magnitude-pruned model: fake-quant "
                               "training would regrow the pruned weights", cfg.mode)

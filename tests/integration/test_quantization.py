@@ -123,9 +123,12 @@ def test_qat_smoke_on_both_backends(tmp_path: Path):
     run = smoke(tmp_path, "quant_qat_mobilenet")
     for b in ("torch", "paddle"):
         qat = result(run, b)["stages"][1]
-        assert qat["mode"] == "qat" and qat["qat"]["epochs"] == 1 and len(qat["qat"]["history"]) == 1
+        assert qat["mode"] == "qat" and qat["qat"]["epochs"] == 2 and len(qat["qat"]["history"]) == 2
+        assert qat["qat"]["ranges_frozen_from_epoch"] == 2 and qat["qat"]["bn_recalibration_batches"] == 2
         check_int8(run, b, qat)
-    assert "qat (QAT)" in (run / "report.md").read_text()  # QAT fine-tuning shows in the training table
+    report = (run / "report.md").read_text()
+    assert "qat (QAT)" in report  # QAT fine-tuning shows in the training table
+    assert "qat (2 epoch(s), ranges frozen from epoch 2, BN recalibrated on 2 batches)" in report
 
 
 def test_compress_pipeline_smoke_distill_prune_finetune_quantize(tmp_path: Path):
@@ -211,3 +214,62 @@ def test_pt2e_engine_is_real_int8_compiled_by_inductor_beside_a_compiled_fp32_pa
     timed = json.loads((run / "timing" / "seed-0" / "round-0.torch.json").read_text())
     assert timed["status"] == "ok" and {i["key"] for i in timed["items"]} >= {"fp32", "int8"}
     assert all(i["latency"]["1"]["repeats"] == 3 for i in timed["items"])
+
+
+def _qat_ranges(backend_name: str, prepared) -> list[np.ndarray]:
+    """The moving quantization ranges of a QAT model: torch's FakeQuantize scales (activations and weights),
+    PaddleSlim's moving-average abs-max scales (activations)."""
+    if backend_name == "torch":
+        from torch.ao.quantization import FakeQuantizeBase
+        return [m.scale.detach().clone().numpy() for m in prepared.modules() if isinstance(m, FakeQuantizeBase)]
+    from backends.paddle.train import MOVING_RANGE_LAYERS
+    return [m._scale.numpy().copy() for m in prepared.sublayers() if isinstance(m, MOVING_RANGE_LAYERS)]
+
+
+def _bn_means(backend_name: str, prepared) -> np.ndarray:
+    if backend_name == "torch":
+        from torch import nn
+        return np.concatenate([m.running_mean.numpy().copy() for m in prepared.modules()
+                               if isinstance(m, nn.modules.batchnorm._BatchNorm)])
+    from paddle import nn
+    return np.concatenate([m._mean.numpy().copy() for m in prepared.sublayers()
+                           if isinstance(m, nn.layer.norm._BatchNormBase)])
+
+
+def _same(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
+    return len(a) == len(b) > 0 and all(np.array_equal(x, y) for x, y in zip(a, b))
+
+
+@pytest.mark.parametrize("backend_name", ["torch", "paddle"])
+def test_qat_ranges_hold_through_bn_recalibration_and_stay_frozen_once_frozen(backend_name: str):
+    """The QAT stage's `bn_recalibration_batches` must move only batch-norm statistics, not the fake-quant ranges
+    QAT learns; `freeze_ranges_epochs` must keep those ranges fixed through training steps, evaluation (which
+    puts the model in eval mode) and the train() after it, while the weights still train."""
+    from backends.base import load_backend
+    from common.config import ModelConfig
+    from common.stages.quantize import QuantizeStage
+    backend = load_backend(backend_name)
+    backend.configure(2, "cpu", 0)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((16, 3, 16, 16)).astype(np.float32)
+    y = rng.integers(0, 10, 16).astype(np.int64)
+    cfg = QuantizeStage(name="q", model="m", mode="qat")
+    prepared = backend.prepare_qat(backend.build_model(ModelConfig(arch="tiny_cnn"), 10), cfg, x[:2])
+    trainer = backend.trainer(prepared, cfg.optimizer)
+    trainer.step(x, y, 0.01)
+    ranges, means = _qat_ranges(backend_name, prepared), _bn_means(backend_name, prepared)
+    backend.recalibrate_bn(prepared, iter([x * 3, x * 3 + 1]))
+    assert not np.array_equal(_bn_means(backend_name, prepared), means), "recalibration did not reach batch norm"
+    assert _same(_qat_ranges(backend_name, prepared), ranges), "recalibration moved the fake-quant ranges"
+    trainer.step(x * 5, y, 0.01)  # wider inputs widen the activation ranges of a model still observing
+    assert not _same(_qat_ranges(backend_name, prepared), ranges), "a training step no longer moves the ranges"
+    backend.freeze_qat_ranges(prepared)
+    frozen = _qat_ranges(backend_name, prepared)
+    weights = backend.state_to_numpy(prepared)
+    for scale in (10, 20):
+        backend.predict(prepared, x)  # evaluation leaves eval mode; the next step calls train()
+        trainer.step(x * scale, y, 0.01)
+    backend.recalibrate_bn(prepared, iter([x * 30]))
+    assert _same(_qat_ranges(backend_name, prepared), frozen), "frozen ranges moved"
+    after = backend.state_to_numpy(prepared)
+    assert any(not np.array_equal(after[k], weights[k]) for k in weights if k.endswith("weight"))
