@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torch import nn
+from torch.ao.nn.intrinsic import qat as nniqat
 from torch.ao.quantization import FakeQuantizeBase
 from torch.nn import functional as F
 
@@ -22,6 +23,10 @@ def make_optimizer(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optimi
                                weight_decay=cfg.weight_decay)
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.999), eps=1e-8)
 
+
+# torch.ao's QAT conv-BN modules: their forward scales the weights by the BN running statistics.
+QAT_CONV_BN = (nniqat.ConvBn1d, nniqat.ConvBn2d, nniqat.ConvBn3d, nniqat.ConvBnReLU1d, nniqat.ConvBnReLU2d,
+               nniqat.ConvBnReLU3d)
 
 _AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -110,16 +115,26 @@ def recalibrate_bn(model: nn.Module, batches, device: torch.device) -> None:
     Dropout stays off, and every module's mode is restored: recalibrating draws no random numbers and leaves
     the model as training left it, so recalibrating before every validation does not change the weights.
     In a QAT model the fake-quant observers are held for the pass (their ranges are what QAT learns, and a
-    FakeQuantize observes whenever its observer is enabled) and restored to their own state after."""
+    FakeQuantize observes whenever its observer is enabled) and restored to their own state after. A QAT
+    conv-BN module (torch.ao's ConvBn*d) scales its weights by the running statistics before fake-quantizing
+    them, so its statistics are not reset for the pass (reset ones would scale the weights out of their frozen
+    range): they stay as they are while each batch's statistics are collected, and are replaced by the
+    average at the end."""
+    folded = {m.bn for m in model.modules() if isinstance(m, QAT_CONV_BN)}
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     saved = [m.momentum for m in bns]
     modes = [(m, m.training) for m in model.modules()]
     observing = [(m, m.observer_enabled.clone()) for m in model.modules() if isinstance(m, FakeQuantizeBase)]
     for m, _ in observing:
         m.disable_observer()
+    collected: dict[nn.Module, list[tuple[torch.Tensor, torch.Tensor]]] = {m: [] for m in folded}
+    hooks = [m.register_forward_pre_hook(_collect_batch_statistics(collected[m])) for m in folded]
     for m in bns:
-        m.reset_running_stats()
-        m.momentum = None
+        if m in folded:
+            m.momentum = 0.0  # running statistics unchanged by the pass; collected by the hook instead
+        else:
+            m.reset_running_stats()
+            m.momentum = None
     model.train()
     for m in model.modules():
         if isinstance(m, nn.modules.dropout._DropoutNd):
@@ -128,13 +143,29 @@ def recalibrate_bn(model: nn.Module, batches, device: torch.device) -> None:
         with torch.no_grad():
             for x in batches:
                 model(torch.from_numpy(x).to(device))
+        for m, stats in collected.items():
+            if stats:
+                m.running_mean.copy_(torch.stack([mean for mean, _ in stats]).mean(0))
+                m.running_var.copy_(torch.stack([var for _, var in stats]).mean(0))
     finally:
+        for h in hooks:
+            h.remove()
         for m, momentum in zip(bns, saved):
             m.momentum = momentum
         for m, training in modes:
             m.training = training
         for m, enabled in observing:
             m.observer_enabled.copy_(enabled)
+
+
+def _collect_batch_statistics(into: list[tuple[torch.Tensor, torch.Tensor]]):
+    """A BN forward pre-hook recording its input's per-channel mean and unbiased variance (what a
+    training-mode BN folds into its running statistics)."""
+    def hook(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        x = args[0]
+        dims = [0] + list(range(2, x.dim()))
+        into.append((x.mean(dims), x.var(dims, unbiased=True)))
+    return hook
 
 
 class Training:

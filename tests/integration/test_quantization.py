@@ -273,3 +273,38 @@ def test_qat_ranges_hold_through_bn_recalibration_and_stay_frozen_once_frozen(ba
     assert _same(_qat_ranges(backend_name, prepared), frozen), "frozen ranges moved"
     after = backend.state_to_numpy(prepared)
     assert any(not np.array_equal(after[k], weights[k]) for k in weights if k.endswith("weight"))
+
+
+@pytest.mark.torch
+def test_torch_qat_conv_bn_recalibration_keeps_precise_statistics_precise():
+    """torch.ao's QAT conv-BN modules scale their weights by the running statistics before fake-quantizing them:
+    resetting those statistics for a recalibration pass would scale the weights out of their learned range and
+    collect the statistics of a different convolution. Recalibrating a QAT model whose statistics are already the
+    precise ones for the batches must leave them (and the predictions) almost unchanged."""
+    import torch
+    from backends.base import load_backend
+    from backends.torch.train import QAT_CONV_BN
+    from common.config import ModelConfig
+    from common.stages.quantize import QuantizeStage
+    backend = load_backend("torch")
+    backend.configure(2, "cpu", 0)
+    rng = np.random.default_rng(0)
+    batches = [(rng.standard_normal((32, 3, 16, 16)) * 20).astype(np.float32) for _ in range(3)]
+    model = backend.build_model(ModelConfig(arch="tiny_cnn"), 10)
+    backend.recalibrate_bn(model, iter(batches))  # fp32: precise statistics, conv outputs' std far from 1
+    cfg = QuantizeStage(name="q", model="m", mode="qat")
+    prepared = backend.prepare_qat(model, cfg, batches[0][:2])
+    assert any(isinstance(m, QAT_CONV_BN) for m in prepared.modules())
+    prepared.train()
+    with torch.no_grad():  # the observers see the batches once, with the statistics in place
+        for x in batches:
+            prepared(torch.from_numpy(x))
+    backend.freeze_qat_ranges(prepared)
+    before = backend.predict(prepared, batches[0])
+    var_before = [m.bn.running_var.clone() for m in prepared.modules() if isinstance(m, QAT_CONV_BN)]
+    backend.recalibrate_bn(prepared, iter(batches))
+    var_after = [m.bn.running_var for m in prepared.modules() if isinstance(m, QAT_CONV_BN)]
+    for a, b in zip(var_before, var_after):
+        assert torch.allclose(a, b, rtol=0.05), "recalibration collected the statistics of another convolution"
+    after = backend.predict(prepared, batches[0])
+    assert (before.argmax(1) == after.argmax(1)).mean() > 0.95
