@@ -205,8 +205,9 @@ class Quantization(Protocol):
     def prepare_qat(self, model: Any, cfg: QuantizeStage, example: np.ndarray) -> Any:
         """A trainable fake-quant model (the common loop fine-tunes it with `trainer`)."""
 
-    def freeze_qat_ranges(self, prepared: Any) -> None:
-        """Stop the fake-quant ranges of a QAT model from moving for the rest of its training (weights still train)."""
+    def freeze_qat_statistics(self, prepared: Any) -> None:
+        """Stop the fake-quant ranges and batch-norm statistics of a QAT model from moving for the rest of its
+        training (weights still train; recalibration may still recompute the statistics)."""
 
     def convert_qat(self, prepared: Any, cfg: QuantizeStage, example: np.ndarray, out_dir: Path,
                     threads: int) -> QuantizedModel: ...

@@ -13,7 +13,7 @@ plateau check (common/report/validity.py) flags above one point. Conversion and 
 With 0, batch norm runs on the EMA statistics training left (torch folds them into its QAT convolutions; Paddle
 keeps separate batch-norm layers); with N, they are recomputed over the shared fixed draw of N training batches
 before every validation, fake-quant ranges held (the train stage's `bn_recalibration_batches`).
-`--freeze-ranges-epochs N` freezes the ranges for the last N epochs, as the stage does.
+`--freeze-epochs N` freezes the ranges for the last N epochs, as the stage does.
 
 Run it alone: it trains (about 30 s per backend, seed and setting on a 2-core CPU); it prints the CPU.
 """
@@ -48,7 +48,7 @@ def run_one(run: Path, backend_name: str, seed: int, recal: int, threads: int, o
     from common.progress import Progress
     from common.run.worker import load_run_recipe
     from common.stages.loop import RunContext, fit
-    from common.stages.quantize import range_freezer
+    from common.stages.quantize import qat_freezer
 
     recipe = load_run_recipe(run)
     stage = qat_stage(recipe)
@@ -73,21 +73,21 @@ def run_one(run: Path, backend_name: str, seed: int, recal: int, threads: int, o
                          seed, models={cfg.model: model}, model_cfgs={cfg.model: recipe.models[arch_slot]})
         prepared = backend.prepare_qat(model, cfg, stream.val_images(2))
         rec = fit(ctx, stage, backend.trainer(prepared, cfg.optimizer), prepared, cfg.epochs, cfg.optimizer,
-                  cfg.schedule, recal, before_step=range_freezer(ctx, stage, prepared))
+                  cfg.schedule, recal, before_step=qat_freezer(ctx, stage, prepared))
     top1 = [round(h["val_top1"] * 100, 2) for h in rec["history"]]
     row = {"backend": backend_name, "seed": seed, "bn_recalibration_batches": recal, "epochs": cfg.epochs,
-           "freeze_ranges_epochs": cfg.freeze_ranges_epochs,
+           "freeze_epochs": cfg.freeze_epochs,
            "lr": cfg.optimizer.lr, "top1": top1,
            "last_change": round(top1[-1] - top1[-2], 2) if len(top1) > 1 else None,
            "train_time_s": round(rec["train_time_s"], 1)}
-    print(f"{backend_name:<6} seed {seed} recal {recal:>2} lr {cfg.optimizer.lr:g} frozen {cfg.freeze_ranges_epochs}: "
+    print(f"{backend_name:<6} seed {seed} recal {recal:>2} lr {cfg.optimizer.lr:g} frozen {cfg.freeze_epochs}: "
           f"top-1 per epoch {' / '.join(f'{v:.2f}' for v in top1)}"
           f"  (last epoch {row['last_change']:+.2f}; training {row['train_time_s']} s)", flush=True)
     return row
 
 
 def overrides(args: argparse.Namespace) -> dict:
-    return {k: getattr(args, k) for k in ("epochs", "lr", "freeze_ranges_epochs") if getattr(args, k) is not None}
+    return {k: getattr(args, k) for k in ("epochs", "lr", "freeze_epochs") if getattr(args, k) is not None}
 
 
 def passed(args: argparse.Namespace) -> list[str]:
@@ -102,7 +102,7 @@ def main() -> None:
     ap.add_argument("--recal", default="0,10", help="bn_recalibration_batches values to compare")
     ap.add_argument("--epochs", type=int, help="QAT epochs instead of the recipe's")
     ap.add_argument("--lr", type=float, help="QAT learning rate instead of the recipe's")
-    ap.add_argument("--freeze-ranges-epochs", type=int, help="freeze_ranges_epochs instead of the recipe's")
+    ap.add_argument("--freeze-epochs", type=int, help="freeze_epochs instead of the recipe's")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", type=Path)
     ap.add_argument("--quiet-cpu", action="store_true", help=argparse.SUPPRESS)

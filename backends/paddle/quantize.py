@@ -21,7 +21,7 @@ from backends.base import ExportedArtifact, QuantizedModel
 from backends.paddle.export import export_onnx
 from backends.paddle.measure import load_predictor
 from backends.paddle.prune import get_masks
-from backends.paddle.train import FROZEN_RANGES, MOVING_RANGE_LAYERS
+from backends.paddle.train import FROZEN_LAYERS, MOVING_RANGE_LAYERS
 from backends.capture import merge_distinct, recorded_warnings
 from backends.capabilities import require_supported
 from common.errors import UnsupportedStage
@@ -124,13 +124,15 @@ def prepare_qat(model: nn.Layer, cfg: QuantizeStage, example: np.ndarray) -> nn.
     return model
 
 
-def freeze_qat_ranges(prepared: nn.Layer) -> None:
-    """PaddleSlim's moving-average range layers (activation inputs and outputs) held in eval mode, where they apply
-    their stored scale and stop updating it; the trainer puts them back in eval mode after each train()
-    (backends/paddle/train.py `hold_frozen_ranges`). Weight scales are abs-max of the current weights on every
-    call in PaddleSlim (no state to freeze), where torch's weight observers freeze with the activations'."""
-    frozen = [m for m in prepared.sublayers() if isinstance(m, MOVING_RANGE_LAYERS)]
-    object.__setattr__(prepared, FROZEN_RANGES, frozen)
+def freeze_qat_statistics(prepared: nn.Layer) -> None:
+    """PaddleSlim's moving-average range layers (activation inputs and outputs) and the batch-norm layers held in
+    eval mode: the range layers apply their stored scale and stop updating it, batch norm normalizes with its
+    running statistics and stops updating them, as torch's frozen QAT does. The trainer puts them back in eval
+    mode after each train() (backends/paddle/train.py `hold_frozen_layers`); recalibration still recomputes the
+    statistics. Weight scales are abs-max of the current weights on every call in PaddleSlim (no state to
+    freeze), where torch's weight observers freeze with the activations'."""
+    frozen = [m for m in prepared.sublayers() if isinstance(m, (*MOVING_RANGE_LAYERS, nn.layer.norm._BatchNormBase))]
+    object.__setattr__(prepared, FROZEN_LAYERS, frozen)
     for m in frozen:
         m.eval()
 
@@ -180,7 +182,7 @@ class Quantization:
     quantize_static = staticmethod(quantize_static)
     quantize_dynamic = staticmethod(quantize_dynamic)
     prepare_qat = staticmethod(prepare_qat)
-    freeze_qat_ranges = staticmethod(freeze_qat_ranges)
+    freeze_qat_statistics = staticmethod(freeze_qat_statistics)
     convert_qat = staticmethod(convert_qat)
     load_quantized = staticmethod(load_quantized)
     export_quantized_onnx = staticmethod(export_quantized_onnx)

@@ -14,13 +14,14 @@ from common.config import OptimizerConfig
 
 # PaddleSlim QAT's layers whose training-mode forward updates a moving-average range (input and output scales).
 MOVING_RANGE_LAYERS = (FakeQuantMovingAverageAbsMax, MovingAverageAbsMaxScale)
-# The model attribute listing the range layers a QAT stage froze (backends/paddle/quantize.py `freeze_qat_ranges`).
-FROZEN_RANGES = "_slimbench_frozen_ranges"
+# The model attribute listing the layers a QAT stage froze (backends/paddle/quantize.py `freeze_qat_statistics`).
+FROZEN_LAYERS = "_slimbench_frozen_layers"
 
 
-def hold_frozen_ranges(model: nn.Layer) -> None:
-    """Back to eval mode for the range layers QAT froze: Paddle's train() sets every sublayer training."""
-    for m in model.__dict__.get(FROZEN_RANGES, ()):
+def hold_frozen_layers(model: nn.Layer) -> None:
+    """Back to eval mode for the layers a QAT stage froze (ranges, batch norm): Paddle's train() sets every sublayer
+    training."""
+    for m in model.__dict__.get(FROZEN_LAYERS, ()):
         m.eval()
 
 
@@ -100,7 +101,7 @@ class Trainer:
     def loss(self, x: np.ndarray, y: np.ndarray) -> paddle.Tensor:
         if not self.model.training:  # evaluation left it in eval mode; train() walks every layer, so not per step
             self.objective.train()
-            hold_frozen_ranges(self.model)
+            hold_frozen_layers(self.model)
         return (self.program or self.objective)(*self.inputs(x, y))
 
     def step(self, x: np.ndarray, y: np.ndarray, lr: float) -> float:

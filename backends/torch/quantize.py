@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch.ao import quantization as tq
 from torch.ao.nn import quantized as nnq
+from torch.ao.nn.intrinsic import qat as nniqat
 from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx, prepare_qat_fx
 
 from backends.base import ExportedArtifact, QuantizedModel
@@ -154,11 +155,15 @@ def predict_fake_quant(prepared: nn.Module, fn: Callable[[], np.ndarray]) -> np.
             m.observer_enabled.copy_(enabled)
 
 
-def freeze_qat_ranges(prepared: nn.Module) -> None:
-    """torch.ao's `disable_observer` on every FakeQuantize (activations and weights): each keeps the scale and zero
-    point it last observed, as the PyTorch QAT tutorial freezes them for its last epochs. It persists through
-    train()/eval(); evaluation and batch-norm recalibration restore each observer to this state."""
+def freeze_qat_statistics(prepared: nn.Module) -> None:
+    """As the PyTorch QAT tutorial does for its last epochs: torch.ao's `disable_observer` on every FakeQuantize
+    (activations and weights keep the scale and zero point they last observed) and `freeze_bn_stats` on every
+    conv-BN module (batch norm normalizes with its running statistics and stops updating them). Both persist
+    through train()/eval(); evaluation and recalibration restore each observer to this state, and recalibration
+    still recomputes the frozen statistics (backends/torch/train.py). A batch norm not fused with a convolution
+    (none in the built-in architectures) is not frozen."""
     prepared.apply(tq.disable_observer)
+    prepared.apply(nniqat.freeze_bn_stats)
 
 
 def convert_qat(prepared: nn.Module, cfg: QuantizeStage, example: np.ndarray, out_dir: Path,
@@ -247,7 +252,7 @@ class Quantization:
     quantize_static = staticmethod(quantize_static)
     quantize_dynamic = staticmethod(quantize_dynamic)
     prepare_qat = staticmethod(prepare_qat)
-    freeze_qat_ranges = staticmethod(freeze_qat_ranges)
+    freeze_qat_statistics = staticmethod(freeze_qat_statistics)
     convert_qat = staticmethod(convert_qat)
     load_quantized = staticmethod(load_quantized)
     export_quantized_onnx = staticmethod(export_quantized_onnx)

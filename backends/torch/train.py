@@ -119,7 +119,9 @@ def recalibrate_bn(model: nn.Module, batches, device: torch.device) -> None:
     conv-BN module (torch.ao's ConvBn*d) scales its weights by the running statistics before fake-quantizing
     them, so its statistics are not reset for the pass (reset ones would scale the weights out of their frozen
     range): they stay as they are while each batch's statistics are collected, and are replaced by the
-    average at the end."""
+    average at the end. Its BN normalizes with batch statistics during the pass even when QAT froze it
+    (freeze_bn_stats), as every other BN does: normalized with the old statistics, each layer would pass the
+    next one inputs the new statistics no longer produce, and the mismatch compounds over the layers."""
     folded = {m.bn for m in model.modules() if isinstance(m, QAT_CONV_BN)}
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     saved = [m.momentum for m in bns]
@@ -136,6 +138,8 @@ def recalibrate_bn(model: nn.Module, batches, device: torch.device) -> None:
             m.reset_running_stats()
             m.momentum = None
     model.train()
+    for m in folded:  # a frozen conv-BN (freeze_bn_stats) keeps its BN in eval mode through train(): not for the pass
+        m.train()
     for m in model.modules():
         if isinstance(m, nn.modules.dropout._DropoutNd):
             m.eval()

@@ -150,7 +150,8 @@ def fit(ctx: RunContext, stage: Stage, runner: StepRunner, model: Any, epochs: i
         if bn_batches:
             # Before every validation, not only the last: each epoch's top-1 is then measured the same way, and
             # the plateau check (common/report/validity.py) compares like with like. Recalibration draws no random
-            # numbers and the train-mode forward never reads running statistics, so the weights are unchanged.
+            # numbers and changes no weight; the train-mode forward reads no running statistics, except in torch's
+            # QAT conv-BN modules, which scale their weights by them (there the next epoch's steps see them).
             # Timed apart from training, like the validation pass.
             t1 = time.perf_counter()
             recalibrate_bn(ctx, model, bn_batches)

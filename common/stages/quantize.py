@@ -62,10 +62,10 @@ class QuantizeStage:
     # qat only: before each validation (and so before conversion) recompute batch-norm statistics over this many
     # training batches of the shared fixed draw, fake-quant ranges held; as the train stage's option of that name.
     bn_recalibration_batches: int = field(default=0, metadata=bounds(ge=0))
-    # qat only: for the last N epochs the fake-quant ranges stop moving (torch.ao `disable_observer`; PaddleSlim's
-    # moving-average scale layers in eval mode) and only the weights train, as the PyTorch QAT tutorial does; the
-    # model converted is the one validated last, with no range still drifting at a learning rate near zero.
-    freeze_ranges_epochs: int = field(default=0, metadata=bounds(ge=0))
+    # qat only: for the last N epochs the fake-quant ranges and batch-norm statistics stop moving (torch.ao
+    # `disable_observer` and `freeze_bn_stats`; PaddleSlim's moving-average scale layers and batch norm in eval
+    # mode) and only the weights train, as the PyTorch QAT tutorial does.
+    freeze_epochs: int = field(default=0, metadata=bounds(ge=0))
     measure: MeasureConfig = MeasureConfig()
     # Runtimes the int8 file and its fp32 parent are also measured on, as a pair: `onnxruntime` converts both
     # with the framework's converter (QDQ for int8) and times them on ONNX Runtime in alternation.
@@ -127,9 +127,8 @@ def run_quantize(ctx: RunContext, stage: Stage) -> dict[str, Any]:
         ctx.models[out] = prepared
         runner = ctx.backend.trainer(prepared, cfg.optimizer)
         record["qat"] = fit(ctx, stage, runner, prepared, cfg.epochs, cfg.optimizer, cfg.schedule,
-                            cfg.bn_recalibration_batches, before_step=range_freezer(ctx, stage, prepared))
-        record["qat"]["ranges_frozen_from_epoch"] = (cfg.epochs - cfg.freeze_ranges_epochs + 1
-                                                     if cfg.freeze_ranges_epochs else None)
+                            cfg.bn_recalibration_batches, before_step=qat_freezer(ctx, stage, prepared))
+        record["qat"]["frozen_from_epoch"] = cfg.epochs - cfg.freeze_epochs + 1 if cfg.freeze_epochs else None
         qm = ctx.backend.convert_qat(prepared, cfg, example, art_dir / "int8", ctx.threads)
     record["quantize_time_s"] = time.perf_counter() - t0
     ctx.models[out] = qm
@@ -144,19 +143,19 @@ def run_quantize(ctx: RunContext, stage: Stage) -> dict[str, Any]:
     return record
 
 
-def range_freezer(ctx: RunContext, stage: Stage, prepared: Any) -> Callable[[int], None] | None:
-    """The loop's before-step hook that freezes the fake-quant ranges at the first step of the last
-    `freeze_ranges_epochs` epochs; None when the stage freezes nothing."""
+def qat_freezer(ctx: RunContext, stage: Stage, prepared: Any) -> Callable[[int], None] | None:
+    """The loop's before-step hook that freezes the fake-quant ranges and batch-norm statistics at the first step
+    of the last `freeze_epochs` epochs; None when the stage freezes nothing."""
     cfg: QuantizeStage = stage.config
-    if not cfg.freeze_ranges_epochs:
+    if not cfg.freeze_epochs:
         return None
-    at = (cfg.epochs - cfg.freeze_ranges_epochs) * ctx.stream.steps_per_epoch
+    at = (cfg.epochs - cfg.freeze_epochs) * ctx.stream.steps_per_epoch
 
     def freeze(global_step: int) -> None:
         if global_step == at:
-            ctx.backend.freeze_qat_ranges(prepared)
-            ctx.progress.say(f"{stage.name}: fake-quant ranges frozen for the last {cfg.freeze_ranges_epochs} "
-                             "epoch(s); only the weights train")
+            ctx.backend.freeze_qat_statistics(prepared)
+            ctx.progress.say(f"{stage.name}: fake-quant ranges and batch-norm statistics frozen for the last "
+                             f"{cfg.freeze_epochs} epoch(s); only the weights train")
     return freeze
 
 
@@ -333,8 +332,8 @@ def onnx_pair_section(ix: ReportIndex) -> str:
 def qat_summary(qat: dict[str, Any]) -> str:
     """How a QAT stage trained, in the quantization table's words: epochs, range freezing, batch-norm handling."""
     parts = [f"{qat['epochs']} epoch(s)"]
-    if qat.get("ranges_frozen_from_epoch"):
-        parts.append(f"ranges frozen from epoch {qat['ranges_frozen_from_epoch']}")
+    if qat.get("frozen_from_epoch"):
+        parts.append(f"ranges and BN frozen from epoch {qat['frozen_from_epoch']}")
     if qat.get("bn_recalibration_batches"):
         parts.append(f"BN recalibrated on {qat['bn_recalibration_batches']} batches")
     return ", ".join(parts)
@@ -455,9 +454,9 @@ class Quantize(StageType):
             raise RecipeError(source, f"{path}.torch_engine", "'fx' for mode '" + cfg.mode + "' (the pt2e engine "
                               "runs ptq_static here: pt2e QAT trains an exported graph the training loop does not "
                               "drive)", cfg.torch_engine)
-        if cfg.mode == "qat" and cfg.freeze_ranges_epochs > cfg.epochs:
-            raise RecipeError(source, f"{path}.freeze_ranges_epochs", f"at most epochs ({cfg.epochs}): the ranges "
-                              "freeze for the last N of the QAT epochs", cfg.freeze_ranges_epochs)
+        if cfg.mode == "qat" and cfg.freeze_epochs > cfg.epochs:
+            raise RecipeError(source, f"{path}.freeze_epochs", f"at most epochs ({cfg.epochs}): ranges and "
+                              "statistics freeze for the last N of the QAT epochs", cfg.freeze_epochs)
         if cfg.mode == "qat" and cfg.model in state.masked:
             raise RecipeError(source, f"{path}.mode", "'ptq_static' for a magnitude-pruned model: fake-quant "
                               "training would regrow the pruned weights", cfg.mode)

@@ -124,11 +124,11 @@ def test_qat_smoke_on_both_backends(tmp_path: Path):
     for b in ("torch", "paddle"):
         qat = result(run, b)["stages"][1]
         assert qat["mode"] == "qat" and qat["qat"]["epochs"] == 2 and len(qat["qat"]["history"]) == 2
-        assert qat["qat"]["ranges_frozen_from_epoch"] == 2 and qat["qat"]["bn_recalibration_batches"] == 2
+        assert qat["qat"]["frozen_from_epoch"] == 2 and qat["qat"]["bn_recalibration_batches"] == 2
         check_int8(run, b, qat)
     report = (run / "report.md").read_text()
     assert "qat (QAT)" in report  # QAT fine-tuning shows in the training table
-    assert "qat (2 epoch(s), ranges frozen from epoch 2, BN recalibrated on 2 batches)" in report
+    assert "qat (2 epoch(s), ranges and BN frozen from epoch 2, BN recalibrated on 2 batches)" in report
 
 
 def test_compress_pipeline_smoke_distill_prune_finetune_quantize(tmp_path: Path):
@@ -243,8 +243,9 @@ def _same(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
 @pytest.mark.parametrize("backend_name", ["torch", "paddle"])
 def test_qat_ranges_hold_through_bn_recalibration_and_stay_frozen_once_frozen(backend_name: str):
     """The QAT stage's `bn_recalibration_batches` must move only batch-norm statistics, not the fake-quant ranges
-    QAT learns; `freeze_ranges_epochs` must keep those ranges fixed through training steps, evaluation (which
-    puts the model in eval mode) and the train() after it, while the weights still train."""
+    QAT learns; `freeze_epochs` must keep those ranges and the batch-norm statistics fixed through training steps,
+    evaluation (which puts the model in eval mode) and the train() after it, while the weights still train and
+    recalibration still recomputes the statistics."""
     from backends.base import load_backend
     from common.config import ModelConfig
     from common.stages.quantize import QuantizeStage
@@ -263,13 +264,15 @@ def test_qat_ranges_hold_through_bn_recalibration_and_stay_frozen_once_frozen(ba
     assert _same(_qat_ranges(backend_name, prepared), ranges), "recalibration moved the fake-quant ranges"
     trainer.step(x * 5, y, 0.01)  # wider inputs widen the activation ranges of a model still observing
     assert not _same(_qat_ranges(backend_name, prepared), ranges), "a training step no longer moves the ranges"
-    backend.freeze_qat_ranges(prepared)
-    frozen = _qat_ranges(backend_name, prepared)
+    backend.freeze_qat_statistics(prepared)
+    frozen, frozen_means = _qat_ranges(backend_name, prepared), _bn_means(backend_name, prepared)
     weights = backend.state_to_numpy(prepared)
     for scale in (10, 20):
         backend.predict(prepared, x)  # evaluation leaves eval mode; the next step calls train()
         trainer.step(x * scale, y, 0.01)
+    assert np.array_equal(_bn_means(backend_name, prepared), frozen_means), "frozen batch-norm statistics moved"
     backend.recalibrate_bn(prepared, iter([x * 30]))
+    assert not np.array_equal(_bn_means(backend_name, prepared), frozen_means), "recalibration skipped frozen BN"
     assert _same(_qat_ranges(backend_name, prepared), frozen), "frozen ranges moved"
     after = backend.state_to_numpy(prepared)
     assert any(not np.array_equal(after[k], weights[k]) for k in weights if k.endswith("weight"))
@@ -299,12 +302,21 @@ def test_torch_qat_conv_bn_recalibration_keeps_precise_statistics_precise():
     with torch.no_grad():  # the observers see the batches once, with the statistics in place
         for x in batches:
             prepared(torch.from_numpy(x))
-    backend.freeze_qat_ranges(prepared)
+    backend.freeze_qat_statistics(prepared)
     before = backend.predict(prepared, batches[0])
     var_before = [m.bn.running_var.clone() for m in prepared.modules() if isinstance(m, QAT_CONV_BN)]
     backend.recalibrate_bn(prepared, iter(batches))
-    var_after = [m.bn.running_var for m in prepared.modules() if isinstance(m, QAT_CONV_BN)]
+    var_after = [m.bn.running_var.clone() for m in prepared.modules() if isinstance(m, QAT_CONV_BN)]
     for a, b in zip(var_before, var_after):
         assert torch.allclose(a, b, rtol=0.05), "recalibration collected the statistics of another convolution"
     after = backend.predict(prepared, batches[0])
     assert (before.argmax(1) == after.argmax(1)).mean() > 0.95
+    # Frozen (freeze_qat_statistics froze BN too) and with statistics far off: recalibration must still find the
+    # precise ones, normalizing every layer with batch statistics as it goes (not with the stale ones it replaces).
+    for m in prepared.modules():
+        if isinstance(m, QAT_CONV_BN):
+            m.bn.running_var.mul_(4)
+            m.bn.running_mean.add_(1)
+    backend.recalibrate_bn(prepared, iter(batches))
+    for a, m in zip(var_after, [m for m in prepared.modules() if isinstance(m, QAT_CONV_BN)]):
+        assert torch.allclose(a, m.bn.running_var, rtol=0.05), "a frozen model's recalibration used stale statistics"
