@@ -50,6 +50,13 @@ class OnednnDepthwiseProgram:
         self.onednn_ops = 0  # switched in the latest program
         self.native_grads = 0  # grad ops switched back to native kernels in the latest training program
 
+    def retrace(self) -> None:
+        """Forget the traced programs: a program bakes in each sublayer's train/eval mode when traced (only the
+        top layer's flag picks one), so a change of a sublayer's mode (QAT freezing its batch norm and ranges)
+        needs new ones. Clears to_static's program cache (private in Paddle 2.6, pinned)."""
+        if self.static is not None:
+            self.static._program_cache.clear()
+
     def __call__(self, *inputs: paddle.Tensor) -> paddle.Tensor:
         if self.mode_of is not None:
             self.layer.training = self.mode_of.training  # to_static keys its programs on the layer's own flag

@@ -91,6 +91,7 @@ class Trainer:
         self.objective = self.make_objective(model)
         self.program = (OnednnDepthwiseProgram(self.objective)
                         if onednn_depthwise and depthwise_conv_count(model) else None)
+        self.frozen_traced = 0  # how many frozen layers the program was traced with (QAT freezes some mid-training)
 
     def make_objective(self, model: nn.Layer) -> nn.Layer:
         return CrossEntropyObjective(model)
@@ -102,6 +103,10 @@ class Trainer:
         if not self.model.training:  # evaluation left it in eval mode; train() walks every layer, so not per step
             self.objective.train()
             hold_frozen_layers(self.model)
+        frozen = len(self.model.__dict__.get(FROZEN_LAYERS, ()))
+        if self.program is not None and frozen != self.frozen_traced:
+            self.program.retrace()  # traced with those layers in training mode: they would keep updating
+            self.frozen_traced = frozen
         return (self.program or self.objective)(*self.inputs(x, y))
 
     def step(self, x: np.ndarray, y: np.ndarray, lr: float) -> float:

@@ -241,21 +241,23 @@ def _same(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
 
 
 @pytest.mark.parametrize("backend_name", ["torch", "paddle"])
-def test_qat_ranges_hold_through_bn_recalibration_and_stay_frozen_once_frozen(backend_name: str):
+@pytest.mark.parametrize("arch", ["tiny_cnn", "mobilenet_v2"])  # Paddle trains MobileNetV2 through a traced program
+def test_qat_ranges_hold_through_bn_recalibration_and_stay_frozen_once_frozen(backend_name: str, arch: str):
     """The QAT stage's `bn_recalibration_batches` must move only batch-norm statistics, not the fake-quant ranges
     QAT learns; `freeze_epochs` must keep those ranges and the batch-norm statistics fixed through training steps,
     evaluation (which puts the model in eval mode) and the train() after it, while the weights still train and
-    recalibration still recomputes the statistics."""
+    recalibration still recomputes the statistics. Paddle trains models with depthwise convolutions through a
+    to_static program, which bakes in each layer's mode when traced: freezing must reach it too."""
     from backends.base import load_backend
     from common.config import ModelConfig
     from common.stages.quantize import QuantizeStage
     backend = load_backend(backend_name)
     backend.configure(2, "cpu", 0)
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((16, 3, 16, 16)).astype(np.float32)
+    x = rng.standard_normal((16, 3, 32, 32)).astype(np.float32)
     y = rng.integers(0, 10, 16).astype(np.int64)
     cfg = QuantizeStage(name="q", model="m", mode="qat")
-    prepared = backend.prepare_qat(backend.build_model(ModelConfig(arch="tiny_cnn"), 10), cfg, x[:2])
+    prepared = backend.prepare_qat(backend.build_model(ModelConfig(arch=arch), 10), cfg, x[:2])
     trainer = backend.trainer(prepared, cfg.optimizer)
     trainer.step(x, y, 0.01)
     ranges, means = _qat_ranges(backend_name, prepared), _bn_means(backend_name, prepared)
