@@ -24,6 +24,7 @@ from backends.base import ExportedArtifact, QuantizedModel
 from backends.torch import pt2e
 from backends.torch.export import ONNX_OPSET, write_onnx
 from backends.torch.prune import get_masks, without_reparametrization
+from backends.torch.train import observers_held
 from backends.capture import merge_distinct, recorded_warnings
 from common.errors import UnsupportedStage
 
@@ -146,13 +147,8 @@ def predict_fake_quant(prepared: nn.Module, fn: Callable[[], np.ndarray]) -> np.
     stored scales in eval mode. Observers are frozen for the call and each is restored to its own state after
     (QAT may have frozen some for good).
     """
-    observing = [(m, m.observer_enabled.clone()) for m in prepared.modules() if isinstance(m, tq.FakeQuantizeBase)]
-    prepared.apply(tq.disable_observer)
-    try:
+    with observers_held(prepared):
         return fn()
-    finally:
-        for m, enabled in observing:
-            m.observer_enabled.copy_(enabled)
 
 
 def freeze_qat_statistics(prepared: nn.Module) -> None:

@@ -1,6 +1,9 @@
 """One optimizer step for the torch backend; the loop, the data and the learning rates come from common/."""
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import numpy as np
 import torch
 from torch import nn
@@ -126,9 +129,6 @@ def recalibrate_bn(model: nn.Module, batches, device: torch.device) -> None:
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     saved = [m.momentum for m in bns]
     modes = [(m, m.training) for m in model.modules()]
-    observing = [(m, m.observer_enabled.clone()) for m in model.modules() if isinstance(m, FakeQuantizeBase)]
-    for m, _ in observing:
-        m.disable_observer()
     collected: dict[nn.Module, list[tuple[torch.Tensor, torch.Tensor]]] = {m: [] for m in folded}
     hooks = [m.register_forward_pre_hook(_collect_batch_statistics(collected[m])) for m in folded]
     for m in bns:
@@ -144,7 +144,7 @@ def recalibrate_bn(model: nn.Module, batches, device: torch.device) -> None:
         if isinstance(m, nn.modules.dropout._DropoutNd):
             m.eval()
     try:
-        with torch.no_grad():
+        with observers_held(model), torch.no_grad():
             for x in batches:
                 model(torch.from_numpy(x).to(device))
         for m, stats in collected.items():
@@ -158,6 +158,18 @@ def recalibrate_bn(model: nn.Module, batches, device: torch.device) -> None:
             m.momentum = momentum
         for m, training in modes:
             m.training = training
+
+
+@contextlib.contextmanager
+def observers_held(model: nn.Module) -> Iterator[None]:
+    """Every FakeQuantize's observer disabled inside the block, each restored to its own state after (QAT may have
+    frozen some for good): a FakeQuantize observes whenever its observer is enabled, in eval mode too."""
+    observing = [(m, m.observer_enabled.clone()) for m in model.modules() if isinstance(m, FakeQuantizeBase)]
+    for m, _ in observing:
+        m.disable_observer()
+    try:
+        yield
+    finally:
         for m, enabled in observing:
             m.observer_enabled.copy_(enabled)
 
