@@ -4,7 +4,8 @@
 Not PaddleSlim's Distill: it monkeypatches paddle.nn.functional and mishandles an eval-mode teacher
 (docs/ARCHITECTURE.md, section 6); the hooks and losses here are the same ones the torch backend uses.
 Under cpu_tuning the student's objective, taps and adapters included, runs as one to_static training program
-with oneDNN depthwise convolutions, and a depthwise teacher as a program that returns its tapped features."""
+with oneDNN depthwise convolutions, and the teacher as an eval program with every convolution on oneDNN that
+returns its logits and tapped features (programs.teacher_program)."""
 from __future__ import annotations
 
 from typing import Any
@@ -15,7 +16,7 @@ from paddle import nn
 
 from backends.base import DistillPlan
 from backends.paddle import distill_losses
-from backends.paddle.programs import OnednnDepthwiseProgram, depthwise_conv_count, forward_program
+from backends.paddle.programs import ForwardOnly, teacher_program
 from backends.paddle.train import Trainer, make_optimizer
 from common.config import OptimizerConfig
 
@@ -126,18 +127,15 @@ class Distiller(Trainer):
             self.optimizer = make_optimizer(nn.LayerList([student, self.adapters]), cfg)
         for p in teacher.parameters():
             p.stop_gradient = True
-        self.teacher_forward: Any
-        if plan.teacher_layers():
-            tapped = TappedForward(teacher, self.teacher_taps)
-            self.teacher_forward = (OnednnDepthwiseProgram(tapped, mode_of=teacher)
-                                    if onednn_depthwise and depthwise_conv_count(teacher) else tapped)
-        else:  # looked up once: the frozen teacher's parameters cannot change while it distils
-            program = forward_program(teacher, "predict", eval_mode=True) if onednn_depthwise else None
-            self.teacher_forward = program or teacher
+        forward = TappedForward(teacher, self.teacher_taps) if plan.teacher_layers() else ForwardOnly(teacher)
+        self.teacher_forward: Any = teacher_program(forward, teacher) if onednn_depthwise else forward
         self.tools = dict(TOOLS) if plan.student_layers() else {"losses": TOOLS["losses"]}
         if self.program is not None:
             self.tools["program"] = ("the student's objective (loss terms, taps and adapters included) trains as "
                                      "one to_static program with oneDNN depthwise convolutions")
+        if onednn_depthwise:
+            self.tools["teacher"] = ("the frozen teacher's forward runs as a to_static program with every "
+                                     "convolution on oneDNN (forward only; dygraph's outputs to ~2e-6)")
 
     def make_objective(self, model: nn.Layer) -> nn.Layer:
         return DistillObjective(model, self.plan, self.adapters, self.student_taps, self.plan.teacher_layers())
