@@ -85,7 +85,18 @@ class OnednnDepthwiseProgram:
                 self.native_grads = len(grads)
             program._slimbench_onednn = True
             self.onednn_ops = len(ops)
+            restore_sublayer_forwards(self.layer)
         return self.static(*inputs)
+
+
+def restore_sublayer_forwards(layer: nn.Layer) -> None:
+    """Tracing a program converts, in place, the forward of every sublayer defined outside Paddle that it calls
+    (paddle.vision's models are left alone; slimbench's tiny_cnn is not), and paddle.jit.save of that model then
+    fails on the converted method ("forward() takes 2 positional arguments but 3 were given"). Once a program is
+    traced it no longer needs them: put the originals back, as Paddle's own StaticFunction.rollback does."""
+    for sub in layer.sublayers():
+        for name, func in sub._original_funcs.items():
+            setattr(sub, name, func.__get__(sub))
 
 
 class ForwardOnly(nn.Layer):

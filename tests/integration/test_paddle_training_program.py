@@ -288,6 +288,29 @@ def test_resnet_teacher_runs_with_every_convolution_on_onednn_and_gives_dygraph_
     assert "teacher" in tuned.tools
 
 
+def test_a_teacher_defined_outside_paddle_vision_still_exports_after_distilling(backend, tmp_path):
+    """Tracing the teacher's program converts the forward of a teacher defined outside paddle.vision (tiny_cnn)
+    in place; it must be put back, or paddle.jit.save of that teacher fails afterwards ("forward() takes 2
+    positional arguments but 3 were given", as the from_checkpoint smoke run's export did). The program keeps
+    giving dygraph's logits from its cache, and the exported file predicts them too."""
+    from backends.paddle.distill import Distiller
+    from backends.paddle.measure import load_predictor
+    x, y = _batch(8, 16)
+    teacher = backend.build_model(ModelConfig(arch="tiny_cnn"), 10)
+    _scramble_batch_norm_statistics(teacher, np.random.default_rng(4))
+    teacher.eval()
+    with paddle.no_grad():
+        ref = teacher(paddle.to_tensor(x)).numpy()
+    distiller = Distiller(backend.build_model(ModelConfig(arch="tiny_cnn_small"), 10), teacher, OPT, _hinton_plan(),
+                          onednn_depthwise=True)
+    for _ in range(2):  # traced on the first call, run from its cache on the second
+        logits = distiller.inputs(x, y)[2].numpy()
+        np.testing.assert_allclose(logits, ref, rtol=0, atol=1e-5 * np.abs(ref).max())
+    distiller.close()
+    artifact = backend.export(teacher, x, tmp_path)
+    np.testing.assert_allclose(load_predictor(artifact, 2)(x), ref, rtol=0, atol=1e-5 * np.abs(ref).max())
+
+
 def _hinton_plan():
     from backends.base import DistillPlan, DistillTerm
     return DistillPlan((DistillTerm("kd", {"temperature": 4.0}), DistillTerm("ce")))
