@@ -35,7 +35,6 @@ from common.run.runner import backend_env  # noqa: E402
 os.environ.update(backend_env("paddle", cpu_tuning=True))  # MKL's AVX2 path on AMD, as a run's paddle worker
 
 TAPS = {"resnet50": ["layer1", "layer2", "layer3"], "mobilenet_v2": ["features.3", "features.6", "features.13"]}
-CONFIGS = ("dygraph", "depthwise-program", "teacher-program")
 
 
 def _scramble_batch_norm(model, rng) -> None:
