@@ -52,8 +52,9 @@ def paths(name: str, backend, arch: str, state: dict | None, work: Path, threads
         except Exception as e:  # printed: a path this model cannot take
             print(f"{key} unavailable: {type(e).__name__}: {e}", file=sys.stderr)
             continue
-        if getattr(out[key], "compile_s", None):  # compiled at load for batch 1 and 2
-            print(f"{key}: compiled for batch 1 and 2 in {out[key].compile_s:.1f} s", file=sys.stderr)
+        if getattr(out[key], "compile_s", None):  # compiled at load for compile_batches
+            sizes = " and ".join(str(b) for b in out[key].compile_batches)
+            print(f"{key}: compiled for batch {sizes} in {out[key].compile_s:.1f} s", file=sys.stderr)
     onnx = backend.export_onnx(model, artifact, example, work / name / "onnx")
     out[f"{name}: {onnx_runtime.runtime_name()}"] = onnx_runtime.load_predictor(onnx.entry, threads)
     return out, state

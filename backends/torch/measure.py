@@ -19,12 +19,17 @@ RUNTIMES = {"torchscript": "PyTorch TorchScript (traced, frozen at load)",
             "inductor": "PyTorch torch.compile (Inductor, freezing, per batch size) of the torch.export program"}
 
 
+COMPILED_AT_LOAD = (1,)  # batch sizes compiled when the program is loaded; any other on its first call
+
+
 def compiled_program(artifact: ExportedArtifact, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
     """The .pt2 program compiled by Inductor with its weights frozen as constants (what lets Inductor fuse pt2e's
     quantize/dequantize pairs into int8 kernels). Static shapes: with dynamic ones Inductor cannot fold pt2e's
     weight prepacking (torch 2.14 / torchao 0.18: "UnsupportedOperatorException: onednn.qconv_prepack"), so each
-    batch size compiles on its first call; the stages make that call before any timed, load-metered window.
-    Compiled here for batch 1 and 2; those seconds are kept on the returned callable (`compile_s`)."""
+    batch size compiles on its first call; the stages make that call before any timed, load-metered window, and
+    feed validation at a batch size they time anyway (common/stages/loop.py, predict_validation). Compiled here
+    for batch 1 (every stage's first timed size); those seconds are kept on the returned callable (`compile_s`,
+    `compile_batches`)."""
     import torch._dynamo
     import torch._inductor.config
     # one compile per batch size: room for every size a run feeds (latency sizes, probe, validation chunks)
@@ -39,9 +44,10 @@ def compiled_program(artifact: ExportedArtifact, device: torch.device) -> Callab
     module = torch.compile(program.module(), dynamic=False)
     t0 = time.perf_counter()
     with torch.inference_mode():
-        for batch in (1, 2):
+        for batch in COMPILED_AT_LOAD:
             module(torch.zeros((batch, *[int(d) for d in shape[1:]]), device=device))
     module.compile_s = time.perf_counter() - t0
+    module.compile_batches = COMPILED_AT_LOAD
     return module
 
 
@@ -64,6 +70,7 @@ def load_predictor(artifact: ExportedArtifact, device: torch.device) -> Callable
             return out.float().cpu().numpy()
 
     predict.compile_s = getattr(module, "compile_s", None)  # type: ignore[attr-defined]
+    predict.compile_batches = getattr(module, "compile_batches", ())  # type: ignore[attr-defined]
     return predict
 
 

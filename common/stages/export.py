@@ -18,8 +18,8 @@ from common.metrics import (classification_metrics, latency_summary, logit_diffe
                              time_calls)
 from common.pruning import name_artifact_layers, pruned_layer_sparsity
 from common.report.index import ReportIndex, batch_order, fmt_count, fmt_values
-from common.stages.loop import (RunContext, artifact_record, compressed_size, failure_reason,
-                                predict_validation)
+from common.stages.loop import (RunContext, artifact_record, compiles_per_shape, compressed_size,
+                                failure_reason, predict_validation)
 from common.stages.registry import MetricFactory, ModelsSlots, RowSink, Stage, StageType, register
 
 
@@ -33,10 +33,11 @@ class ExportStage(ModelsSlots):
     # `best`: the fastest correct deployment on the framework's own stack, chosen by measurement among the
     # reference runtime and the backend's candidates (export_candidates).
     runtimes: tuple[Literal["best", "onnxruntime"], ...] = ("best", "onnxruntime")
-    # Candidates that compile the model for each batch size (PyTorch: torch.compile with Inductor) cost ~10 s per
-    # model and batch size on a 2-core Intel Xeon (MobileNetV2 32 s, ResNet50 26 s for batches 1, 2 and 32), in the
-    # stage and again in every paired-timing process: for kd_resnet50_mobilenet about 4 more minutes per seed, over
-    # `make run`'s budget. Tried only when this is true; otherwise listed among the candidates as not tried.
+    # Candidates that compile the model for each batch size (PyTorch: torch.compile with Inductor) cost ~9-12 s per
+    # model and batch size on a 2-core CPU (benchmarks/README.md), for batch 1, the parity probe and the stage's
+    # largest timed size (validation is fed there: predict_validation) in the stage, and for each timed size again
+    # in every paired-timing process: for kd_resnet50_mobilenet minutes more per seed, over `make run`'s budget.
+    # Tried only when this is true; otherwise listed among the candidates as not tried.
     compile_candidates: bool = False
 
 
@@ -130,7 +131,8 @@ def on_best(ctx: RunContext, stage: Stage, slot: str, model: Any, artifact: Any,
         correct = check["argmax_agree"] == 1.0 and check["max_rel"] < BEST_TOLERANCE
         candidates.append({"runtime": name, "format": cand.format, "status": "ok" if correct else "incorrect",
                            "vs_artifact": check,
-                           **({"compile_s": predict.compile_s} if getattr(predict, "compile_s", None) else {})})
+                           **({"compile_s": predict.compile_s, "compile_batches": list(predict.compile_batches)}
+                              if compiles_per_shape(predict) else {})})
         if correct:
             found[name] = (cand, predict, check)
     x = ctx.stream.val_images(bs0)
@@ -155,7 +157,7 @@ def on_best(ctx: RunContext, stage: Stage, slot: str, model: Any, artifact: Any,
         ctx.progress.say(f"{stage.name}: {slot}: the reference runtime is the fastest ({reference_name})")
         return {**record, "is_reference": True}
     cand, predict, check = found[chosen]
-    acc = classification_metrics(*predict_validation(predict, ctx.stream))
+    acc = classification_metrics(*predict_validation(predict, ctx.stream, max(cfg.measure.batch_sizes)))
     latency = time_batches(ctx, f"{stage.name}: {slot} on {chosen}", predict, cfg.measure)
     ctx.progress.say(f"{stage.name}: {slot}: fastest deployment {chosen}, top1 {acc['top1'] * 100:.2f}%")
     return {**record, "is_reference": False, **artifact_record(cand, ctx.out_dir), "runtime": chosen,

@@ -86,11 +86,28 @@ def compressed_size(files: list[Path]) -> int:
     return sum(len(zlib.compress(f.read_bytes(), 6)) for f in files)
 
 
-def predict_validation(predict: Callable[[np.ndarray], np.ndarray], stream: BatchStream) -> tuple[np.ndarray, np.ndarray]:
-    """Logits of `predict` (a model or an artifact's predictor) and the labels, over the validation split."""
+def compiles_per_shape(predict: Callable[[np.ndarray], np.ndarray]) -> bool:
+    """Whether a predictor's runtime compiles each new input shape on its first call (PyTorch's Inductor, ~10 s
+    per ResNet50 batch size on a 2-core CPU): such a predictor says so by carrying its load-time `compile_s`
+    (backends/base.py, export_candidates)."""
+    return getattr(predict, "compile_s", None) is not None
+
+
+def predict_validation(predict: Callable[[np.ndarray], np.ndarray], stream: BatchStream,
+                       compiled_batch: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Logits of `predict` (a model or an artifact's predictor) and the labels, over the validation split.
+
+    A predictor that compiles per input shape is fed every chunk at `compiled_batch` (a batch size its stage
+    times anyway), the last chunk padded with copies of its last image whose outputs are dropped: the validation
+    split's own chunk sizes (256 and a remainder) would each cost one more compile. Exact for inference, where no
+    sample's output depends on another's (eval-mode batch norm, static int8 scales)."""
+    fixed = compiled_batch if compiled_batch and compiles_per_shape(predict) else None
     logits, labels = [], []
-    for x, y in stream.val_batches():
-        logits.append(predict(x))
+    for x, y in stream.val_batches(fixed):
+        n = len(x)
+        if fixed and n < fixed:
+            x = np.concatenate([x, np.repeat(x[-1:], fixed - n, axis=0)])
+        logits.append(predict(x)[:n])
         labels.append(y)
     return np.concatenate(logits), np.concatenate(labels)
 

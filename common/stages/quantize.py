@@ -27,8 +27,8 @@ from common.metrics import (classification_metrics, latency_summary, logit_diffe
                             time_alternating)
 from common.report.index import ReportIndex, batch_order, delta_table, fmt_values
 from common.schema import bounds
-from common.stages.loop import (RunContext, artifact_from_record, artifact_record, failure_reason, fit,
-                               predict_validation, start_from_reference)
+from common.stages.loop import (RunContext, artifact_from_record, artifact_record, compiles_per_shape,
+                               failure_reason, fit, predict_validation, start_from_reference)
 from common.stages.registry import MetricFactory, RowSink, SlotState, Stage, StageType, register
 
 
@@ -247,8 +247,8 @@ def measure_pair(ctx: RunContext, stage: Stage, fp32_artifact: ExportedArtifact,
                  fp32_predict: Callable[[np.ndarray], np.ndarray], qm: QuantizedModel) -> dict[str, Any]:
     """Accuracy, per-sample agreement, size and latency of the int8 artifact next to its fp32 artifact."""
     cfg: QuantizeStage = stage.config
-    fp32_logits, labels = predict_validation(fp32_predict, ctx.stream)
-    int8_logits, _ = predict_validation(qm.predict, ctx.stream)
+    fp32_logits, labels = predict_validation(fp32_predict, ctx.stream, max(cfg.measure.batch_sizes))
+    int8_logits, _ = predict_validation(qm.predict, ctx.stream, max(cfg.measure.batch_sizes))
     fp32_acc, int8_acc = classification_metrics(fp32_logits, labels), classification_metrics(int8_logits, labels)
     pred_fp32, pred_int8 = fp32_logits.argmax(1), int8_logits.argmax(1)
     pairs = paired_predictions(pred_fp32, pred_int8, labels)
@@ -264,10 +264,10 @@ def measure_pair(ctx: RunContext, stage: Stage, fp32_artifact: ExportedArtifact,
     int8_rec = {**artifact_record(qm.artifact, root), "runtime": qm.info["runtime"], "engine": qm.info["engine"],
                 **int8_acc, "latency": int8_lat}
     # A runtime that compiles at load (pt2e's Inductor): the seconds it took, outside every timed window.
-    if getattr(fp32_predict, "compile_s", None) is not None:
-        fp32_rec["compile_s"] = fp32_predict.compile_s
-    if qm.info.get("compile_s") is not None:
-        int8_rec["compile_s"] = qm.info["compile_s"]
+    if compiles_per_shape(fp32_predict):
+        fp32_rec.update(compile_s=fp32_predict.compile_s, compile_batches=list(fp32_predict.compile_batches))
+    if compiles_per_shape(qm.predict):
+        int8_rec.update(compile_s=qm.predict.compile_s, compile_batches=list(qm.predict.compile_batches))
     size_ratio = int8_rec["size_bytes"] / fp32_rec["size_bytes"]
     b1 = str(cfg.measure.batch_sizes[0])
     ctx.progress.say(f"{stage.name}: int8 {int8_rec['size_mb']:.2f} MB ({size_ratio * 100:.0f}% of fp32), top1 "
@@ -361,7 +361,9 @@ def quantization_section(ix: ReportIndex) -> str:
                          f"{cmp['agreement'] * 100:.1f}%", f"{cmp['mcnemar_p']:.3g}"] + lat)
             lowerings[(b, st["name"])] = st["lowering"]
             if q.get("compile_s") is not None:
-                compiles.setdefault((b, st["name"]), []).append((fp.get("compile_s"), q["compile_s"]))
+                # results written before compile_batches was recorded compiled batches 1 and 2 at load
+                batches = tuple(q.get("compile_batches") or (1, 2))
+                compiles.setdefault((b, st["name"], batches), []).append((fp.get("compile_s"), q["compile_s"]))
             starts.add(f"{title(b)}: {st['start_weights']}")
             warned.setdefault(b, set()).update(st.get("framework_warnings", []))
             for note in st.get("kernel_notes", []):
@@ -381,9 +383,10 @@ def quantization_section(ix: ReportIndex) -> str:
     only = {(b, lw["runtime"], lw["only_runtime"]) for (b, _), lw in lowerings.items() if lw.get("only_runtime")}
     for b, runtime, why in sorted(only):
         out.append(f"- {title(b)}'s best int8 runtime is the one above ({runtime}): {why}.\n")
-    for (b, name), times in compiles.items():
+    for (b, name, batches), times in compiles.items():
         fp32 = [f for f, _ in times if f is not None]
-        out.append(f"- {title(b)} `{name}`: the int8 program compiled at load for batch 1 and 2 in "
+        sizes = " and ".join(str(n) for n in batches)
+        out.append(f"- {title(b)} `{name}`: the int8 program compiled at load for batch {sizes} in "
                    f"{fmt_values([q for _, q in times], digits=1)} s"
                    + (f", its fp32 parent in {fmt_values(fp32, digits=1)} s" if fp32 else "")
                    + "; every other batch size compiles on its first call, made before the timed window.\n")

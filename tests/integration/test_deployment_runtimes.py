@@ -109,6 +109,7 @@ def test_a_compiling_candidate_is_tried_on_request_and_retimed_in_a_fresh_proces
     [inductor] = [c for c in best["candidates"] if "torch.compile" in c["runtime"]]
     assert inductor["status"] == "ok", inductor
     assert inductor["vs_artifact"]["argmax_agree"] == 1.0 and inductor["compile_s"] > 0
+    assert inductor["compile_batches"] == [1]
     assert inductor["batch_1_p50_ms"] > 0
     if best["chosen"] == inductor["runtime"]:
         assert best["extra"]["runtime"] == "inductor" and best["latency"]["4"]["p50_ms"] > 0
@@ -124,7 +125,8 @@ def test_a_compiling_candidate_is_listed_as_not_tried_by_default(tmp_path: Path)
     backend = _backend("torch")
     model = backend.build_model(ModelConfig(arch="tiny_cnn"), 10)
     artifact = backend.export(model, _images(2), tmp_path / "artifact")
-    stream = types.SimpleNamespace(val_images=_images, val_batches=lambda: iter([(_images(8), np.arange(8) % 10)]))
+    stream = types.SimpleNamespace(val_images=_images,
+                                   val_batches=lambda batch_size=None: iter([(_images(8), np.arange(8) % 10)]))
     ctx = types.SimpleNamespace(out_dir=tmp_path, backend=backend, threads=2, stream=stream,
                                 recipe=types.SimpleNamespace(parity=types.SimpleNamespace(probe_batch=4)),
                                 progress=types.SimpleNamespace(say=lambda s: None))
