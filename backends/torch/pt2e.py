@@ -106,8 +106,7 @@ def load_quantized(artifact: ExportedArtifact, threads: int) -> QuantizedModel:
     torch.set_num_threads(threads)
     predict = load_predictor(artifact, torch.device("cpu"))
     return QuantizedModel(artifact=artifact, predict=predict,
-                          info={"runtime": RUNTIMES[RUNTIME], "engine": NAME, "fp32_runtime": RUNTIME,
-                                "compile_s": predict.compile_s})  # type: ignore[attr-defined]
+                          info={"runtime": RUNTIMES[RUNTIME], "engine": NAME, "fp32_runtime": RUNTIME})
 
 
 def export_onnx(qm: QuantizedModel, example: np.ndarray, out_dir: Path) -> ExportedArtifact:

@@ -18,8 +18,8 @@ from common.metrics import (classification_metrics, latency_summary, logit_diffe
                              time_calls)
 from common.pruning import name_artifact_layers, pruned_layer_sparsity
 from common.report.index import ReportIndex, batch_order, fmt_count, fmt_values
-from common.stages.loop import (RunContext, artifact_record, compiles_per_shape, compressed_size,
-                                failure_reason, predict_validation)
+from common.stages.loop import (RunContext, artifact_record, compile_record, compressed_size, failure_reason,
+                                predict_validation)
 from common.stages.registry import MetricFactory, ModelsSlots, RowSink, Stage, StageType, register
 
 
@@ -131,8 +131,7 @@ def on_best(ctx: RunContext, stage: Stage, slot: str, model: Any, artifact: Any,
         correct = check["argmax_agree"] == 1.0 and check["max_rel"] < BEST_TOLERANCE
         candidates.append({"runtime": name, "format": cand.format, "status": "ok" if correct else "incorrect",
                            "vs_artifact": check,
-                           **({"compile_s": predict.compile_s, "compile_batches": list(predict.compile_batches)}
-                              if compiles_per_shape(predict) else {})})
+                           **compile_record(predict)})
         if correct:
             found[name] = (cand, predict, check)
     x = ctx.stream.val_images(bs0)

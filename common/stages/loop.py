@@ -93,6 +93,14 @@ def compiles_per_shape(predict: Callable[[np.ndarray], np.ndarray]) -> bool:
     return getattr(predict, "compile_s", None) is not None
 
 
+def compile_record(predict: Callable[[np.ndarray], np.ndarray]) -> dict[str, Any]:
+    """What a compiling predictor's load cost, for its record (seconds and the batch sizes compiled then);
+    empty for one that does not compile."""
+    if not compiles_per_shape(predict):
+        return {}
+    return {"compile_s": predict.compile_s, "compile_batches": list(predict.compile_batches)}
+
+
 def predict_validation(predict: Callable[[np.ndarray], np.ndarray], stream: BatchStream,
                        compiled_batch: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Logits of `predict` (a model or an artifact's predictor) and the labels, over the validation split.

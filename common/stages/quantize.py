@@ -27,7 +27,7 @@ from common.metrics import (classification_metrics, latency_summary, logit_diffe
                             time_alternating)
 from common.report.index import ReportIndex, batch_order, delta_table, fmt_values
 from common.schema import bounds
-from common.stages.loop import (RunContext, artifact_from_record, artifact_record, compiles_per_shape,
+from common.stages.loop import (RunContext, artifact_from_record, artifact_record, compile_record,
                                failure_reason, fit, predict_validation, start_from_reference)
 from common.stages.registry import MetricFactory, RowSink, SlotState, Stage, StageType, register
 
@@ -247,8 +247,9 @@ def measure_pair(ctx: RunContext, stage: Stage, fp32_artifact: ExportedArtifact,
                  fp32_predict: Callable[[np.ndarray], np.ndarray], qm: QuantizedModel) -> dict[str, Any]:
     """Accuracy, per-sample agreement, size and latency of the int8 artifact next to its fp32 artifact."""
     cfg: QuantizeStage = stage.config
-    fp32_logits, labels = predict_validation(fp32_predict, ctx.stream, max(cfg.measure.batch_sizes))
-    int8_logits, _ = predict_validation(qm.predict, ctx.stream, max(cfg.measure.batch_sizes))
+    timed_batch = max(cfg.measure.batch_sizes)  # validation of a compiling runtime reuses this size's compile
+    fp32_logits, labels = predict_validation(fp32_predict, ctx.stream, timed_batch)
+    int8_logits, _ = predict_validation(qm.predict, ctx.stream, timed_batch)
     fp32_acc, int8_acc = classification_metrics(fp32_logits, labels), classification_metrics(int8_logits, labels)
     pred_fp32, pred_int8 = fp32_logits.argmax(1), int8_logits.argmax(1)
     pairs = paired_predictions(pred_fp32, pred_int8, labels)
@@ -264,10 +265,8 @@ def measure_pair(ctx: RunContext, stage: Stage, fp32_artifact: ExportedArtifact,
     int8_rec = {**artifact_record(qm.artifact, root), "runtime": qm.info["runtime"], "engine": qm.info["engine"],
                 **int8_acc, "latency": int8_lat}
     # A runtime that compiles at load (pt2e's Inductor): the seconds it took, outside every timed window.
-    if compiles_per_shape(fp32_predict):
-        fp32_rec.update(compile_s=fp32_predict.compile_s, compile_batches=list(fp32_predict.compile_batches))
-    if compiles_per_shape(qm.predict):
-        int8_rec.update(compile_s=qm.predict.compile_s, compile_batches=list(qm.predict.compile_batches))
+    fp32_rec.update(compile_record(fp32_predict))
+    int8_rec.update(compile_record(qm.predict))
     size_ratio = int8_rec["size_bytes"] / fp32_rec["size_bytes"]
     b1 = str(cfg.measure.batch_sizes[0])
     ctx.progress.say(f"{stage.name}: int8 {int8_rec['size_mb']:.2f} MB ({size_ratio * 100:.0f}% of fp32), top1 "
