@@ -11,7 +11,9 @@ process (per-op settings, nothing process-wide) on the same weights and batch:
   dygraph            Paddle's eager forward: im2col + MKL GEMM convolutions (runtime.cpu_tuning: false)
   depthwise-program  a to_static program with only the depthwise convolutions on oneDNN (slimbench's default
                      for depthwise teachers until 2026-12-03; for ResNet50 a plain static program)
-  teacher-program    programs.teacher_program: every convolution on oneDNN (slimbench's default now)
+  teacher-program    a to_static program with every convolution on oneDNN (slimbench's default 2026-12-03)
+  predictor          frozen_forward.InferenceForward: Paddle Inference with oneDNN and IR optimisation, built in
+                     memory (slimbench's default now)
 
 For each it prints the median seconds per forward after `--warmup` rounds (oneDNN builds its primitives on the
 first runs) and the largest error of each output relative to dygraph's largest value. Run it alone on the
@@ -51,7 +53,8 @@ def measure(arch: str, batch: int, size: int, rounds: int, warmup: int, threads:
     import paddle
     from backends.base import load_backend
     from backends.paddle.distill import FeatureTaps, TappedForward
-    from backends.paddle.programs import OnednnDepthwiseProgram, teacher_program
+    from backends.paddle.frozen_forward import InferenceForward
+    from backends.paddle.programs import OnednnDepthwiseProgram
     from common.config import ModelConfig
     from common.load import LoadMeter
     backend = load_backend("paddle")
@@ -66,7 +69,9 @@ def measure(arch: str, batch: int, size: int, rounds: int, warmup: int, threads:
     # one wrapper each: to_static converts the forward of the Layer it is given in place
     runners = {"dygraph": TappedForward(teacher, taps),
                "depthwise-program": OnednnDepthwiseProgram(TappedForward(teacher, taps), mode_of=teacher),
-               "teacher-program": teacher_program(TappedForward(teacher, taps), teacher)}
+               "teacher-program": OnednnDepthwiseProgram(TappedForward(teacher, taps), mode_of=teacher,
+                                                         onednn_ops=("depthwise_conv2d", "conv2d")),
+               "predictor": InferenceForward(TappedForward(teacher, taps), teacher, threads)}
     x = paddle.to_tensor(rng.standard_normal((batch, 3, size, size)).astype(np.float32))
     times: dict[str, list[float]] = {k: [] for k in runners}
     meter = LoadMeter()

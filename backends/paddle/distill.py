@@ -4,8 +4,8 @@
 Not PaddleSlim's Distill: it monkeypatches paddle.nn.functional and mishandles an eval-mode teacher
 (docs/ARCHITECTURE.md, section 6); the hooks and losses here are the same ones the torch backend uses.
 Under cpu_tuning the student's objective, taps and adapters included, runs as one to_static training program
-with oneDNN depthwise convolutions, and the teacher as an eval program with every convolution on oneDNN that
-returns its logits and tapped features (programs.teacher_program)."""
+with oneDNN depthwise convolutions, and the frozen teacher's forward, returning its logits and tapped features,
+on a Paddle Inference predictor built in memory (frozen_forward.InferenceForward)."""
 from __future__ import annotations
 
 from typing import Any
@@ -16,7 +16,8 @@ from paddle import nn
 
 from backends.base import DistillPlan
 from backends.paddle import distill_losses
-from backends.paddle.programs import ForwardOnly, teacher_program
+from backends.paddle.frozen_forward import RUNTIME as TEACHER_RUNTIME, InferenceForward
+from backends.paddle.programs import ForwardOnly
 from backends.paddle.train import Trainer, make_optimizer
 from common.config import OptimizerConfig
 
@@ -115,7 +116,7 @@ class Distiller(Trainer):
     """Student step against a frozen teacher kept in eval mode (the teacher runs without gradients)."""
 
     def __init__(self, student: nn.Layer, teacher: nn.Layer, cfg: OptimizerConfig, plan: DistillPlan,
-                 onednn_depthwise: bool = False):
+                 onednn_depthwise: bool = False, threads: int = 1):
         self.teacher, self.plan = teacher, plan
         self.adapters = distill_losses.make_adapters(plan)
         self.adapters.train()
@@ -128,14 +129,15 @@ class Distiller(Trainer):
         for p in teacher.parameters():
             p.stop_gradient = True
         forward = TappedForward(teacher, self.teacher_taps) if plan.teacher_layers() else ForwardOnly(teacher)
-        self.teacher_forward: Any = teacher_program(forward, teacher) if onednn_depthwise else forward
+        self.teacher_forward: Any = InferenceForward(forward, teacher, threads) if onednn_depthwise else forward
         self.tools = dict(TOOLS) if plan.student_layers() else {"losses": TOOLS["losses"]}
         if self.program is not None:
             self.tools["program"] = ("the student's objective (loss terms, taps and adapters included) trains as "
                                      "one to_static program with oneDNN depthwise convolutions")
         if onednn_depthwise:
-            self.tools["teacher"] = ("the frozen teacher's forward runs as a to_static program with every "
-                                     "convolution on oneDNN (forward only; dygraph's outputs to ~2e-6)")
+            self.tools["teacher"] = (f"the frozen teacher's forward, tapped features included, runs on "
+                                     f"{TEACHER_RUNTIME} (dygraph's outputs to ~3e-6; "
+                                     "benchmarks/paddle_teacher_forward.py)")
 
     def make_objective(self, model: nn.Layer) -> nn.Layer:
         return DistillObjective(model, self.plan, self.adapters, self.student_taps, self.plan.teacher_layers())
@@ -156,18 +158,24 @@ class Distiller(Trainer):
         return [xb, yb, out[0], self.scales, pack(list(out[1:]))]
 
     def close(self) -> None:
+        """Removes the hooks; refuses a teacher whose weights changed during the stage, since a predictor would
+        have kept distilling from the old ones."""
         self.student_taps.close()
         self.teacher_taps.close()
+        if isinstance(self.teacher_forward, InferenceForward) and self.teacher_forward.changed():
+            raise RuntimeError("the teacher's weights changed during distillation, but its predictor computed "
+                               "with the copy taken at the first step; a teacher must stay frozen for the stage")
 
 
 class Distillation:
     """backends.base.Distillation on Paddle: the Distiller (in the oneDNN program where cpu_tuning is on) and
     the hook probes."""
     onednn_depthwise: bool
+    threads: int
 
     def distiller(self, student: nn.Layer, teacher: nn.Layer, opt: OptimizerConfig, plan: DistillPlan
                   ) -> Distiller:
-        return Distiller(student, teacher, opt, plan, self.onednn_depthwise)
+        return Distiller(student, teacher, opt, plan, self.onednn_depthwise, self.threads)
 
     feature_shapes = staticmethod(feature_shapes)
 

@@ -219,11 +219,11 @@ def test_evaluation_program_sees_every_change_of_the_weights(backend):
                                                        dtype="float32"))
 
 
-def test_distiller_runs_a_depthwise_teacher_through_its_evaluation_program(backend):
-    """A MobileNetV2 teacher is evaluated through its oneDNN program in eval mode (even when handed over in
+def test_distiller_runs_a_depthwise_teacher_on_its_predictor(backend):
+    """A MobileNetV2 teacher runs forward on a Paddle Inference predictor in eval mode (even when handed over in
     train mode), and the student's KD inputs carry the logits eager evaluation gives."""
     from backends.paddle.distill import Distiller
-    from backends.paddle.programs import OnednnDepthwiseProgram
+    from backends.paddle.frozen_forward import InferenceForward
     x, y = _batch()
     state = backend.state_to_numpy(_mobilenet(backend))
     teacher, eager_teacher = _mobilenet(backend, state), _mobilenet(backend, state)
@@ -232,12 +232,12 @@ def test_distiller_runs_a_depthwise_teacher_through_its_evaluation_program(backe
         ref = eager_teacher(paddle.to_tensor(x)).numpy()
     teacher.train()
     distiller = Distiller(_mobilenet(backend, state), teacher, OPT, _hinton_plan(), onednn_depthwise=True)
-    assert isinstance(distiller.teacher_forward, OnednnDepthwiseProgram)
+    assert isinstance(distiller.teacher_forward, InferenceForward)
     _, _, logits, _ = distiller.inputs(x, y)
-    assert not teacher.training
+    assert not teacher.training and logits.stop_gradient
     np.testing.assert_allclose(logits.numpy(), ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
-    assert distiller.teacher_forward.onednn_ops == 52  # every convolution: 17 depthwise, 35 others
     assert np.isfinite(distiller.step(x, y, OPT.lr))
+    distiller.close()
 
 
 def _scramble_batch_norm_statistics(model, rng) -> None:
@@ -248,15 +248,15 @@ def _scramble_batch_norm_statistics(model, rng) -> None:
             m._variance.set_value(paddle.to_tensor(rng.uniform(0.5, 1.5, m._variance.shape), dtype="float32"))
 
 
-def test_resnet_teacher_runs_with_every_convolution_on_onednn_and_gives_dygraph_outputs(backend):
-    """The built-in recipes' ResNet50 teacher has no depthwise convolution; under cpu_tuning its forward still
-    runs as a program with all 53 convolutions on oneDNN (1.6x faster than dygraph). Its logits and tapped
-    features (packed, as the student's program takes them) must be dygraph's, also in a later stage's Distiller
-    after the teacher's weights changed in place (an eval program keeps oneDNN copies of depthwise filters,
-    programs.depthwise_weights_digest; with conv2d's that did not show in Paddle 2.6, and each stage builds its
-    own program anyway)."""
+def test_resnet_teacher_predictor_gives_dygraph_outputs_between_student_steps_and_after_weight_changes(backend):
+    """Under cpu_tuning the ResNet50 teacher's forward runs on a Paddle Inference predictor (frozen_forward),
+    in the same process as the student's oneDNN training program. Its logits and tapped features (packed, as the
+    student's program takes them) must be dygraph's: on the first step, after student steps, for a shorter last
+    batch, and in a later stage's Distiller after the teacher's weights changed in place. A teacher that changes
+    during a stage is refused when the stage closes: its predictor would have kept the old weights."""
     from backends.base import DistillPlan, DistillTerm
     from backends.paddle.distill import Distiller
+    from backends.paddle.frozen_forward import InferenceForward
     rng = np.random.default_rng(3)
     x, y = _batch()
     paddle.seed(0)
@@ -266,26 +266,38 @@ def test_resnet_teacher_runs_with_every_convolution_on_onednn_and_gives_dygraph_
                         DistillTerm("attention", {"p": 2.0}, (("layer1", "features.3"), ("layer2", "features.6")),
                                     (None, None))))
     convs = [m for m in teacher.sublayers() if isinstance(m, paddle.nn.Conv2D)]
-    def teacher_inputs(tuned: bool) -> list[np.ndarray]:
-        distiller = Distiller(_mobilenet(backend), teacher, OPT, plan, onednn_depthwise=tuned)
-        try:
-            return [t.numpy() for t in distiller.inputs(x, y)]
-        finally:
-            distiller.close()
 
-    for stage in range(2):
-        got, ref = teacher_inputs(True), teacher_inputs(False)
-        for name, g, r in zip(("logits", "features"), got[2::2], ref[2::2]):
-            np.testing.assert_allclose(g, r, rtol=0, atol=1e-4 * np.abs(r).max(), err_msg=f"stage {stage}: {name}")
-        with paddle.no_grad():  # as a later train stage would change the teacher
+    def change_teacher() -> None:
+        with paddle.no_grad():  # in place, as a later train stage would change the teacher
             for conv in convs:
                 conv.weight.multiply_(paddle.to_tensor(1 + 0.2 * rng.standard_normal(conv.weight.shape),
                                                        dtype="float32"))
-    tuned = Distiller(_mobilenet(backend), teacher, OPT, plan, onednn_depthwise=True)
-    tuned.inputs(x, y)
-    tuned.close()
-    assert tuned.teacher_forward.onednn_ops == len(convs) == 53
-    assert "teacher" in tuned.tools
+
+    def teacher_inputs(distiller: Distiller, xs: np.ndarray, ys: np.ndarray) -> list[np.ndarray]:
+        return [t.numpy() for t in distiller.inputs(xs, ys)]
+
+    def assert_dygraph(tuned: Distiller, xs: np.ndarray, ys: np.ndarray, what: str) -> None:
+        eager = Distiller(_mobilenet(backend), teacher, OPT, plan, onednn_depthwise=False)
+        ref = teacher_inputs(eager, xs, ys)
+        eager.close()
+        for name, g, r in zip(("logits", "features"), teacher_inputs(tuned, xs, ys)[2::2], ref[2::2]):
+            np.testing.assert_allclose(g, r, rtol=0, atol=1e-4 * np.abs(r).max(), err_msg=f"{what}: {name}")
+
+    for stage in range(2):
+        tuned = Distiller(_mobilenet(backend), teacher, OPT, plan, onednn_depthwise=True, threads=2)
+        assert isinstance(tuned.teacher_forward, InferenceForward) and "teacher" in tuned.tools
+        assert_dygraph(tuned, x, y, f"stage {stage}, first step")
+        for _ in range(2):
+            assert np.isfinite(tuned.step(x, y, OPT.lr))
+        assert_dygraph(tuned, x, y, f"stage {stage}, after student steps")
+        assert_dygraph(tuned, x[:5], y[:5], f"stage {stage}, a last batch of 5")
+        tuned.close()
+        change_teacher()
+    during = Distiller(_mobilenet(backend), teacher, OPT, plan, onednn_depthwise=True, threads=2)
+    during.inputs(x, y)
+    change_teacher()
+    with pytest.raises(RuntimeError, match="teacher's weights changed during distillation"):
+        during.close()
 
 
 def test_a_teacher_defined_outside_paddle_vision_still_exports_after_distilling(backend, tmp_path):
@@ -329,10 +341,10 @@ def _feature_plan():
 
 def test_tuned_distillation_program_with_feature_terms_matches_dygraph(backend):
     """Under cpu_tuning the student's objective (every loss term, forward post hooks and the adapter inside) and
-    a depthwise teacher returning its tapped features run as to_static programs: the loss and the weight
+    a depthwise teacher returning its tapped features runs on its in-memory predictor: the loss and the weight
     gradients, adapter included, are dygraph's."""
     from backends.paddle.distill import Distiller
-    from backends.paddle.programs import OnednnDepthwiseProgram
+    from backends.paddle.frozen_forward import InferenceForward
     x, y = _batch()
     paddle.seed(0)  # the bounds below hold for these weights; how exact float32 gradients can be depends on them
     state = backend.state_to_numpy(_mobilenet(backend))
@@ -342,7 +354,7 @@ def test_tuned_distillation_program_with_feature_terms_matches_dygraph(backend):
         distiller = Distiller(student, teacher, OPT, _feature_plan(), onednn_depthwise=tuned)
         distiller.set_scales([0.5, 0.1, 0.1, 1.0, 10.0, 100.0])
         assert (distiller.program is not None) is tuned
-        assert isinstance(distiller.teacher_forward, OnednnDepthwiseProgram) is tuned
+        assert isinstance(distiller.teacher_forward, InferenceForward) is tuned
         loss = distiller.loss(x, y)
         loss.backward()
         grads = _weight_grads(student)
