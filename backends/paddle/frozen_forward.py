@@ -2,9 +2,10 @@
 
 Why: a distilling teacher only runs forward, in eval mode, on weights that do not change within the stage, which
 is what Paddle's inference engine is for. Its IR passes fold batch norm into the convolutions and fuse the
-activations and residual adds; a to_static program with oneDNN convolutions (programs.teacher_program) runs
-every one of those ops on its own. ResNet50 teacher, batch 64, 32 px, 2 threads, logits and three tapped feature
-maps: 0.09 s per forward against the program's 0.20 s (2-core AMD EPYC Zen 4) (benchmarks/paddle_teacher_forward.py).
+activations and residual adds; a to_static program with oneDNN convolutions (the default before) runs every
+one of those ops on its own. ResNet50 teacher, batch 64, 32 px, 2 threads, logits and three tapped feature
+maps: 0.09 s per forward against that program's 0.20 s on a 2-core AMD EPYC Zen 4
+(benchmarks/paddle_teacher_forward.py).
 
 The traced program and a copy of the weights are serialised to bytes and handed over with
 Config.set_model_buffer, so nothing is written to disk. The predictor computes with the weights as they were
