@@ -21,6 +21,7 @@ from paddle import inference, nn
 from paddle.base.dygraph.base import switch_to_static_graph
 from paddle.static import InputSpec
 
+from backends.paddle.measure import cpu_config
 from backends.paddle.programs import restore_sublayer_forwards
 
 RUNTIME = "Paddle Inference (AnalysisPredictor, oneDNN, IR optim on), built in memory from a to_static trace"
@@ -66,6 +67,8 @@ class InferenceForward:
     def __init__(self, layer: nn.Layer, model: nn.Layer, threads: int):
         self.layer, self.model, self.threads = layer, model, threads
         self.predictor: inference.Predictor | None = None
+        self.input: inference.Tensor | None = None  # the predictor's handles, looked up once
+        self.outputs: list[inference.Tensor] = []
         self.digest = ""
         self.returns_list = False
 
@@ -79,27 +82,22 @@ class InferenceForward:
         program, weights = _serialise(concrete)
         config = inference.Config()
         config.set_model_buffer(program, len(program), weights, len(weights))
-        config.disable_gpu()
-        config.enable_mkldnn()
-        config.set_cpu_math_library_num_threads(self.threads)
-        config.switch_ir_optim(True)
-        config.disable_glog_info()
-        self.predictor = inference.create_predictor(config)
+        self.predictor = inference.create_predictor(cpu_config(config, self.threads))
+        self.input = self.predictor.get_input_handle(self.predictor.get_input_names()[0])
+        self.outputs = [self.predictor.get_output_handle(name) for name in self.predictor.get_output_names()]
         self.digest = weights_digest(self.model)
 
     def __call__(self, x: paddle.Tensor) -> paddle.Tensor | list[paddle.Tensor]:
         if self.predictor is None:
             self._build(x)
-        handle = self.predictor.get_input_handle(self.predictor.get_input_names()[0])
-        handle.reshape(list(x.shape))
-        handle.copy_from_cpu(np.ascontiguousarray(x.numpy()))
+        self.input.reshape(list(x.shape))
+        self.input.copy_from_cpu(np.ascontiguousarray(x.numpy()))
         self.predictor.run()
         # A predictor's run leaves the process's CPU math library on another thread setting: dygraph's next
         # results differed in the last bit (the same as on 1 thread), so a run that distilled in this process
         # and one resumed after it evaluated the same weights differently. Put back what the run configured.
         paddle.base.core.set_num_threads(self.threads)
-        outputs = [paddle.to_tensor(self.predictor.get_output_handle(name).copy_to_cpu())
-                   for name in self.predictor.get_output_names()]
+        outputs = [paddle.to_tensor(handle.copy_to_cpu()) for handle in self.outputs]
         return outputs if self.returns_list else outputs[0]
 
     def changed(self) -> bool:

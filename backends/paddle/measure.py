@@ -17,19 +17,26 @@ RUNTIME = "Paddle Inference (AnalysisPredictor, oneDNN, IR optim on)"
 NATIVE = "Paddle Inference (AnalysisPredictor, native CPU kernels, IR optim on)"
 
 
+def cpu_config(config: inference.Config, threads: int, onednn: bool = True) -> inference.Config:
+    """A predictor's CPU settings as slimbench deploys them: IR optimisation on, `threads` math-library threads,
+    oneDNN unless asked for the native kernels; shared by the measured artifacts and the distilling teacher."""
+    config.disable_gpu()
+    if onednn:
+        config.enable_mkldnn()
+    config.set_cpu_math_library_num_threads(threads)
+    config.switch_ir_optim(True)
+    config.disable_glog_info()
+    return config
+
+
 def load_predictor(artifact: ExportedArtifact, threads: int, int8: bool = False) -> Callable[[np.ndarray], np.ndarray]:
     """A Paddle Inference predictor; `int8` turns on oneDNN's int8 kernels for a quantized model. The artifact's
     extra `runtime: native` (a deployment candidate, export stage's `best`) leaves oneDNN off."""
     params = artifact.entry.with_suffix(".pdiparams")
-    config = inference.Config(str(artifact.entry), str(params))
-    config.disable_gpu()
-    if artifact.extra.get("runtime") != "native":
-        config.enable_mkldnn()
+    config = cpu_config(inference.Config(str(artifact.entry), str(params)), threads,
+                        onednn=artifact.extra.get("runtime") != "native")
     if int8:
         config.enable_mkldnn_int8()
-    config.set_cpu_math_library_num_threads(threads)
-    config.switch_ir_optim(True)
-    config.disable_glog_info()
     predictor = inference.create_predictor(config)
     inp = predictor.get_input_handle(predictor.get_input_names()[0])
     out = predictor.get_output_handle(predictor.get_output_names()[0])
