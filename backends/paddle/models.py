@@ -70,7 +70,7 @@ class Models:
         if isinstance(model, QuantizedModel):
             return model.predict(x)
         model.eval()
-        forward = forward_program(model, "predict", eval_mode=True) if self.onednn_depthwise else None
+        forward = forward_program(model, "predict") if self.onednn_depthwise else None
         with paddle.no_grad():
             return (forward or model)(paddle.to_tensor(x)).numpy().astype(np.float32)
 

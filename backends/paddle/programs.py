@@ -6,12 +6,19 @@ per-channel GEMMs: 92% of a MobileNetV2 training step. FLAGS_use_mkldnn=1 under 
 whose conv2d weight gradients are wrong in Paddle 2.6 (relative error ~1.4; ResNet50 aborts), so only the
 depthwise ops are switched, through the `use_mkldnn` op attribute that Paddle's own static programs use. The
 parameters stay the dygraph model's: the optimizer, masks, checkpoints and export see them as usual.
+
+In an eval-mode program those ops also get is_test=False. Why: with is_test=True (what to_static's inference
+clone sets) oneDNN keeps a reordered copy of each filter between runs, keyed by variable name, and in Paddle 2.6
+a later run sometimes computed with a copy taken before an optimizer step: per-epoch validation of a MobileNetV2
+student fell to 68.5% top-1 where dygraph scored the same weights at 95%+ (issue 18). With is_test=False the
+filters are reordered on every run, as in a training program (61k floats for MobileNetV2). Before this,
+evaluation programs were traced anew whenever the filters changed, and Paddle kept every traced program's
+executor and oneDNN state: a Paddle worker grew ~350 MB per validated MobileNetV2 epoch (22.7 GB at the end of
+kd_methods' seed 2).
 Gradients are checked against float64 in tests/integration/test_paddle_training_program.py; speed and
 gradient error per configuration in benchmarks/paddle_cpu_training.py.
 """
 from __future__ import annotations
-
-import hashlib
 
 import paddle
 from paddle import nn
@@ -79,6 +86,10 @@ class OnednnDepthwiseProgram:
                 for op in grads:
                     op._set_attr("use_mkldnn", False)
                 self.native_grads = len(grads)
+            if not self.layer.training:  # the inference clone, made now, from the attributes above
+                for op in program.infer_program.global_block().ops:
+                    if op.type in types:
+                        op._set_attr("is_test", False)  # filters re-read on every run (module docstring)
             program._slimbench_onednn = True
             self.onednn_ops = len(ops)
             restore_sublayer_forwards(self.layer)
@@ -111,32 +122,15 @@ def _signature(model: nn.Layer) -> tuple:
     return tuple((name, id(p), tuple(p.shape)) for name, p in model.named_parameters())
 
 
-def depthwise_weights_digest(model: nn.Layer) -> str:
-    """A digest of the depthwise filters' values (MobileNetV2: 17 filters, 61k floats, well under a millisecond).
-
-    Why: an eval-mode program's oneDNN depthwise convolutions keep reordered copies of their filters between
-    runs, keyed by variable names, and in Paddle 2.6 a later run sometimes computes with a copy taken before the
-    filters changed: in place (an optimizer step) or by set_value alike. On a 2-core AMD EPYC, per-epoch
-    validation of a MobileNetV2 student fell to 68.5% top-1 where dygraph scored the same weights at 95%+
-    (issue 18). Train-mode programs re-read their filters on every run, and a fresh program starts with no
-    copies, so evaluation programs are rebuilt whenever this digest changes."""
-    digest = hashlib.blake2b(digest_size=16)
-    for m in model.sublayers():
-        if getattr(m, "_groups", 1) > 1 and getattr(m, "weight", None) is not None \
-                and is_depthwise(tuple(m.weight.shape)):
-            digest.update(m.weight.numpy().tobytes())
-    return digest.hexdigest()
-
-
-def forward_program(model: nn.Layer, purpose: str, eval_mode: bool = False) -> OnednnDepthwiseProgram | None:
+def forward_program(model: nn.Layer, purpose: str) -> OnednnDepthwiseProgram | None:
     """A cached program of the model's forward for `purpose` (each traces its own: the batch-norm momentum of a
-    training-mode program is fixed when traced), rebuilt when the model's parameters change, and for an
-    `eval_mode` program also when its depthwise filters' values change (depthwise_weights_digest); None without
-    depthwise convolutions."""
+    training-mode program is fixed when traced), rebuilt when the model's parameter tensors or their shapes change
+    (pruning, QAT); None without depthwise convolutions. Changes of the values in place (optimizer steps,
+    set_value) need no rebuild, in eval mode too (module docstring)."""
     if not depthwise_conv_count(model):
         return None
     cache: dict = model.__dict__.setdefault("_slimbench_programs", {})
-    signature = _signature(model) + ((depthwise_weights_digest(model),) if eval_mode else ())
+    signature = _signature(model)
     if purpose not in cache or cache[purpose][0] != signature:
         cache[purpose] = (signature, OnednnDepthwiseProgram(ForwardOnly(model), mode_of=model))
     return cache[purpose][1]

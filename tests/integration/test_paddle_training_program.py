@@ -198,7 +198,10 @@ def test_evaluation_program_sees_every_change_of_the_weights(backend):
     """Issue 18: an eval-mode program's oneDNN depthwise convolutions kept reordered filters from before an
     optimizer step in some runs (per-epoch validation at 68.5% where dygraph scored 95%+). Weights changed in
     place between evaluations, two batch sizes in turn as validation runs them: the program agrees with dygraph
-    every time (before the fix, 3 to 5 of these 12 evaluations were off by ~1% of the logit scale)."""
+    every time (without is_test=False on its depthwise ops, 3 to 5 of these 12 evaluations are off by ~1% of the
+    logit scale). And it stays one program: tracing one per change of the weights, the earlier fix, kept every
+    program's executor and grew a Paddle worker ~350 MB per validated epoch."""
+    from backends.paddle.programs import forward_program
     from backends.paddle import create
     from common.recipe.loader import RuntimeConfig
     untuned = create()
@@ -208,9 +211,11 @@ def test_evaluation_program_sees_every_change_of_the_weights(backend):
     backend.recalibrate_bn(model, iter([x[:16], x[16:32]]))  # O(1) logits, not the ~1e-7 of initial statistics
     rng = np.random.default_rng(1)
     convs = [m for m in model.sublayers() if isinstance(m, paddle.nn.Conv2D)]
+    program = forward_program(model, "predict")
     for round_no in range(6):
         for batch in (x, x[:20]):
             got, ref = backend.predict(model, batch), untuned.predict(model, batch)
+            assert forward_program(model, "predict") is program
             scale = float(np.abs(ref).max())
             assert float(np.abs(got - ref).max()) < 1e-4 * scale, (round_no, len(batch))
         with paddle.no_grad():  # in place, as an optimizer step changes them
